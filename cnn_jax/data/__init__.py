@@ -1,0 +1,1 @@
+"""Input pipeline (see the package modules)."""

@@ -1,0 +1,1 @@
+"""Model zoo: every network of the lecture, built by name (see registry.py)."""
