@@ -1,0 +1,45 @@
+"""Depth ablation on CIFAR-10: ResNet vs its plain twin at depth {20, 32, 44, 56} (8 points).
+
+    python launch.py --config=experiments/ablation_depth.py --workdir=runs/ablation_depth --sweep
+    python launch.py --config=experiments/ablation_depth.py --workdir=runs/ablation_depth \
+        --sweep_dry_run          # one launch.py command per point, for a scheduler
+    python -m cnn_jax.report runs/ablation_depth      # tables and plots afterwards
+    python launch.py --config=experiments/ablation_depth.py:runlocal,data=synthetic \
+        --workdir=/tmp/ablation_depth --sweep          # CPU smoke test
+
+Should reach (He et al. 2016, arXiv:1512.03385, Table 6 and Fig. 6, original PNG data): test
+error 8.75 / 7.51 / 7.17 / 6.97% for ResNet-20/32/44/56, while the plain nets get WORSE with depth
+in both training and test error (Fig. 6 left: plain-56 above plain-20). On this JPEG re-encoding
+expect a few points more error (see /work/shared/datasets/README.md). Recipe: He et al. Sec. 4.2
+(experiments/cifar10_common.py), shortcut option A, 182 epochs; `epochs=N` shrinks it.
+
+Args (comma-separated after the file name): runlocal, data=cifar10|synthetic, epochs=182,
+depths=20+32+44+56 (the sweep's depth axis), depth and residual (set per point by the sweep).
+Data: $CNN_JAX_CIFAR10 or ~/data/cifar10-jpeg (see experiments/cifar10_common.py for how to
+extract it). Sweep points are passed as experiment args, e.g. `...:depth=20,residual=True`.
+"""
+
+from cnn_jax.sweep import parse_arg, product
+from experiments import cifar10_common
+
+DATA_HINT = cifar10_common.DATA_HINT
+
+
+def _args(arg):
+    return parse_arg(arg, runlocal=False, data="cifar10", epochs=182, depths=(20, 32, 44, 56),
+                     depth=20, residual=True)
+
+
+def get_config(arg=None):
+    a = _args(arg)
+    c = cifar10_common.he2016_recipe(a.epochs)
+    c.model.name = f"{'resnet' if a.residual else 'plain'}{a.depth}"
+    if a.residual:
+        c.model.shortcut = "A"
+    cifar10_common.set_data(c, a.data, a.runlocal)
+    return c
+
+
+def get_sweep(arg=None):
+    a = _args(arg)
+    return product(depth=a.depths, residual=(False, True))

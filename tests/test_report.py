@@ -1,0 +1,201 @@
+"""The report on fabricated run directories: tables, errors in %, failed points, plots, bad input."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from cnn_jax import report, sweep
+
+
+def _make_run(d: Path, train_acc: list[float], val_acc: list[float], *, finished=True,
+              failed_error=None, params=1000, test_acc=None):
+    d.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (tr, va) in enumerate(zip(train_acc, val_acc)):
+        rows.append({"step": 10 * (i + 1), "epoch": i + 0.5, "split": "train", "loss": 1.0,
+                     "top1": tr, "top5": min(1.0, tr + 0.2), "lr": 0.1, "img_per_s": 100.0 + i,
+                     "wall_time": float(i)})
+        rows.append({"step": 10 * (i + 1), "epoch": float(i + 1), "split": "val", "loss": 1.0,
+                     "top1": va, "top5": min(1.0, va + 0.3), "lr": 0.1, "wall_time": float(i)})
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "config.json").write_text(json.dumps({"model": {"name": d.name}, "seed": 0}))
+    if finished:
+        test = test_acc if test_acc is not None else val_acc[-1] - 0.01
+        (d / "results.json").write_text(json.dumps({
+            "status": "finished", "step": 10 * len(rows), "epochs": float(len(train_acc)),
+            "final": {"train": {"loss": 0.5, "top1": train_acc[-1], "top5": 0.99},
+                      "val": {"loss": 0.6, "top1": val_acc[-1], "top5": 0.95},
+                      "test": {"loss": 0.6, "top1": test, "top5": 0.94}},
+            "best_val_top1": max(val_acc), "params": params, "macs": 5 * params,
+            "wall_time_s": 12.0, "img_per_s": 321.0}))
+    if failed_error:
+        (d / sweep.STATUS_FILE).write_text(json.dumps({"status": "failed",
+                                                       "error": failed_error}))
+
+
+def _make_sweep(root: Path) -> None:
+    points = []
+    accs = {(20, True): 0.9, (20, False): 0.88, (32, True): 0.92, (32, False): 0.85}
+    for (depth, residual), acc in accs.items():
+        name = sweep.point_name({"depth": depth, "residual": residual})
+        failed = (depth, residual) == (32, False)
+        _make_run(root / name, [acc - 0.2, acc], [acc - 0.25, acc - 0.05, acc - 0.07][:2],
+                  finished=not failed, failed_error="FloatingPointError: nan loss" if failed
+                  else None)
+        points.append({"name": name, "axes": {"depth": depth, "residual": residual}})
+    (root / sweep.SWEEP_FILE).write_text(json.dumps({
+        "config": "experiments/ablation_depth.py:runlocal", "overrides": [], "points": points}))
+
+
+def _csv(path: Path) -> dict[str, dict[str, str]]:
+    return {r["point"]: r for r in csv.DictReader(open(path))}
+
+
+def test_sweep_report_has_one_row_per_point_with_errors_in_percent(tmp_path):
+    _make_sweep(tmp_path)
+    written = report.write_report(tmp_path)
+    names = {p.name for p in written}
+    assert {"summary.csv", "summary.md", "curves_residual.png", "curves_noresidual.png",
+            "error_vs_depth.png"} <= names
+    for p in written:
+        assert p.stat().st_size > 0
+    rows = _csv(tmp_path / "summary.csv")
+    assert list(rows) == ["depth20_residual", "depth20_noresidual", "depth32_residual",
+                          "depth32_noresidual"]  # the plan's order
+    r = rows["depth20_residual"]
+    assert (r["depth"], r["residual"], r["status"]) == ("20", "True", "finished")
+    assert float(r["train_top1_err"]) == pytest.approx(10.0)     # 1 - 0.90
+    assert float(r["val_top1_err"]) == pytest.approx(15.0)       # 1 - 0.85
+    assert float(r["test_top1_err"]) == pytest.approx(16.0)
+    assert float(r["best_val_top1_err"]) == pytest.approx(15.0)  # best of 35% and 15%
+    assert float(r["best_train_top1_err"]) == pytest.approx(10.0)
+    assert float(r["val_top5_err"]) == pytest.approx(5.0)
+    assert (r["params"], r["macs"], r["wall_time_s"], r["img_per_s"]) == (
+        "1000", "5000", "12.0", "321.0")
+
+
+def test_failed_point_is_marked_with_its_error_line(tmp_path):
+    _make_sweep(tmp_path)
+    report.write_report(tmp_path)
+    failed = _csv(tmp_path / "summary.csv")["depth32_noresidual"]
+    assert failed["status"] == "failed"
+    assert failed["error"] == "FloatingPointError: nan loss"
+    # Its last logged numbers still show, from metrics.jsonl.
+    assert float(failed["val_top1_err"]) == pytest.approx(20.0)
+    md = (tmp_path / "summary.md").read_text()
+    row = next(ln for ln in md.splitlines() if ln.startswith("| depth32_noresidual"))
+    assert "failed" in row and "FloatingPointError: nan loss" in row
+    assert "1 failed, 3 finished" in md
+
+
+def test_best_val_is_the_lowest_error_over_evaluations(tmp_path):
+    _make_run(tmp_path / "r", [0.5, 0.6, 0.7], [0.6, 0.8, 0.7])
+    report.write_report(tmp_path / "r")
+    row = _csv(tmp_path / "r" / "summary.csv")["r"]
+    assert float(row["val_top1_err"]) == pytest.approx(30.0)
+    assert float(row["best_val_top1_err"]) == pytest.approx(20.0)
+
+
+def test_report_on_a_single_run_directory(tmp_path):
+    run = tmp_path / "lenet"
+    _make_run(run, [0.5, 0.8], [0.45, 0.75], finished=False)
+    written = report.write_report(run)
+    assert {p.name for p in written} == {"summary.csv", "summary.md", "curves.png"}
+    (row,) = _csv(run / "summary.csv").values()
+    assert row["point"] == "lenet" and row["status"] == "incomplete"
+    assert float(row["val_top1_err"]) == pytest.approx(25.0)
+
+
+def test_without_a_plan_the_axes_are_the_differing_config_fields(tmp_path):
+    _make_run(tmp_path / "a", [0.5], [0.5])
+    _make_run(tmp_path / "b", [0.6], [0.6])
+    (tmp_path / "notes").mkdir()  # not a run: ignored
+    report.write_report(tmp_path)
+    rows = _csv(tmp_path / "summary.csv")
+    assert set(rows) == {"a", "b"}
+    assert rows["a"]["model.name"] == "a" and "seed" not in rows["a"]
+
+
+def test_planned_points_without_a_directory_are_pending(tmp_path):
+    _make_sweep(tmp_path)
+    plan = json.loads((tmp_path / sweep.SWEEP_FILE).read_text())
+    plan["points"].append({"name": "depth44_residual", "axes": {"depth": 44, "residual": True}})
+    (tmp_path / sweep.SWEEP_FILE).write_text(json.dumps(plan))
+    report.write_report(tmp_path)
+    assert _csv(tmp_path / "summary.csv")["depth44_residual"]["status"] == "pending"
+
+
+def test_report_on_a_directory_with_no_runs_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no runs in"):
+        report.write_report(tmp_path)
+    (tmp_path / sweep.SWEEP_FILE).write_text(json.dumps(
+        {"config": "x.py", "points": [{"name": "a", "axes": {}}]}))
+    with pytest.raises(FileNotFoundError, match="none has started"):
+        report.write_report(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        report.write_report(tmp_path / "missing")
+
+
+def test_corrupt_results_file_is_a_clear_error(tmp_path):
+    _make_run(tmp_path / "r", [0.5], [0.5])
+    (tmp_path / "r" / "results.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"results.json is not valid JSON"):
+        report.write_report(tmp_path / "r")
+
+
+def test_torn_last_metrics_line_is_skipped(tmp_path):
+    _make_run(tmp_path / "r", [0.5, 0.6], [0.5, 0.6], finished=False)
+    with open(tmp_path / "r" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 30, "split": "tr')
+    report.write_report(tmp_path / "r")
+    assert float(_csv(tmp_path / "r" / "summary.csv")["r"]["train_top1_err"]) == pytest.approx(40.0)
+
+
+def test_group_axis_prefers_a_bool_axis_then_the_smallest_categorical():
+    runs = [report.Run(name=str(i), path=Path("."), axes=a) for i, a in enumerate([
+        {"norm": "batch", "residual": True}, {"norm": "group", "residual": False},
+        {"norm": "layer", "residual": True}])]
+    assert report.choose_group_axis(runs) == "residual"
+    runs = [report.Run(name=str(i), path=Path("."), axes=a) for i, a in enumerate([
+        {"depth": 20, "arch": "a"}, {"depth": 32, "arch": "b"}])]
+    assert report.choose_group_axis(runs) == "arch"
+    assert report.choose_group_axis(runs[:1]) is None
+
+
+def test_unknown_group_by_is_an_error(tmp_path):
+    _make_sweep(tmp_path)
+    with pytest.raises(ValueError, match="not an axis"):
+        report.write_report(tmp_path, group_by="dpeth")
+
+
+def test_first_conv_kernel_is_the_one_that_sees_the_image():
+    import numpy as np
+
+    params = {"stage1": {"conv": {"kernel": np.zeros((3, 3, 16, 16))}},
+              "stem": {"conv": {"kernel": np.ones((3, 3, 3, 16)), "bias": np.zeros(16)}},
+              "head": {"kernel": np.zeros((16, 10))}}
+    name, kernel = report.first_conv_kernel(params)
+    assert name == "stem/conv/kernel" and kernel.shape == (3, 3, 3, 16)
+    # A known call order wins over the heuristic.
+    name, _ = report.first_conv_kernel(params, order=["", "stage1/conv", "stem/conv"])
+    assert name == "stage1/conv/kernel"
+    with pytest.raises(ValueError, match="no convolution"):
+        report.first_conv_kernel({"dense": {"kernel": np.zeros((4, 2))}})
+
+
+def test_filter_grid_normalises_each_kernel_and_keeps_rgb():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    k = rng.normal(size=(5, 5, 3, 6)).astype(np.float32)
+    k[..., 1] *= 100.0  # a large kernel must not wash out the others
+    grid = report.filter_grid(k)
+    assert grid.shape == (2 * 6 + 1, 3 * 6 + 1, 3)  # 6 kernels: 2 rows x 3 columns
+    tile0, tile1 = grid[1:6, 1:6], grid[1:6, 7:12]
+    for tile in (tile0, tile1):
+        assert tile.min() == pytest.approx(0.0) and tile.max() == pytest.approx(1.0)
+    assert not np.allclose(tile0[..., 0], tile0[..., 1])  # colour kept
+    grey = report.filter_grid(rng.normal(size=(3, 3, 1, 4)))
+    assert np.allclose(grey[..., 0], grey[..., 2])

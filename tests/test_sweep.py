@@ -1,0 +1,246 @@
+"""Sweep machinery: point naming, arg parsing, collisions, dry runs, failure recording, resuming.
+
+The runner tests use a stand-in launch script (fast, no training); tests/test_sweep_e2e.py runs
+the real engine.
+"""
+
+import csv
+import json
+import os
+import shlex
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cnn_jax import sweep
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_product_names_points_from_their_axes():
+    points = sweep.product(depth=[20, 32], residual=[True, False])
+    assert [n for n, _ in points] == [
+        "depth20_residual", "depth20_noresidual", "depth32_residual", "depth32_noresidual"]
+    assert points[1][1] == {"depth": 20, "residual": False}
+
+
+def test_point_name_formats_strings_floats_and_config_fields():
+    assert sweep.point_name({"norm": "batch", "config.optim.lr": 0.05}) == "norm-batch_lr0.05"
+    assert sweep.point_name({"net": "a/b c"}) == "net-a-b-c"
+    assert sweep.point_name({}) == "default"
+
+
+def test_product_rejects_a_string_axis():
+    with pytest.raises(ValueError, match="list of values"):
+        sweep.product(norm="batch")
+
+
+def test_parse_arg_types_values_by_their_defaults():
+    a = sweep.parse_arg("runlocal,depth=32,lr=0.5,norm=group,depths=20+44,residual=False",
+                        runlocal=False, depth=20, lr=0.1, norm="batch", depths=(20,),
+                        residual=True)
+    assert (a.runlocal, a.depth, a.lr, a.norm, a.depths, a.residual) == (
+        True, 32, 0.5, "group", (20, 44), False)
+    assert sweep.parse_arg(None, depth=20).depth == 20
+
+
+def test_parse_arg_errors_name_the_arg_and_a_close_match():
+    with pytest.raises(ValueError, match=r"Unknown experiment arg 'dpeth'.*'depth'"):
+        sweep.parse_arg("dpeth=3", depth=20)
+    with pytest.raises(ValueError, match=r"depth='x'.*int"):
+        sweep.parse_arg("depth=x", depth=20)
+    with pytest.raises(ValueError, match="needs a value"):
+        sweep.parse_arg("depth", depth=20)
+    with pytest.raises(ValueError, match="True or False"):
+        sweep.parse_arg("residual=maybe", residual=True)
+
+
+def _write_experiment(tmp_path: Path, body: str, name: str = "exp.py") -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+def test_colliding_point_names_fail_before_anything_runs(tmp_path):
+    exp = _write_experiment(tmp_path, """
+        import ml_collections
+        def get_config(arg=None):
+            return ml_collections.ConfigDict({"seed": 0})
+        def get_sweep(arg=None):
+            return [("a", {"seed": 1}), ("b", {"seed": 2}), ("A", {"seed": 3})]
+        """)
+    workdir = tmp_path / "sweep"
+    with pytest.raises(ValueError, match=r"collide in name.*'a' and 'A'"):
+        sweep.main(exp, str(workdir), dry_run=False, parallel=1, overrides=[])
+    assert not workdir.exists()
+
+
+def test_bad_point_name_and_missing_get_sweep_are_errors(tmp_path):
+    exp = _write_experiment(tmp_path, """
+        def get_sweep():
+            return [("../escape", {})]
+        """)
+    with pytest.raises(ValueError, match="directory name"):
+        sweep.get_points(exp)
+    plain = _write_experiment(tmp_path, "def get_config():\n    return None\n", "plain.py")
+    with pytest.raises(ValueError, match="defines no get_sweep"):
+        sweep.get_points(plain)
+
+
+def test_override_of_a_sweep_axis_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="also sets"):
+        sweep.main("experiments/ablation_depth.py:depth=20", str(tmp_path), dry_run=True,
+                   parallel=1, overrides=[])
+    exp = _write_experiment(tmp_path, """
+        import ml_collections
+        from cnn_jax.sweep import product
+        def get_config():
+            return ml_collections.ConfigDict({"seed": 0})
+        def get_sweep():
+            return product(**{"config.seed": [1, 2]})
+        """)
+    with pytest.raises(ValueError, match="overwrite sweep axis"):
+        sweep.main(exp, str(tmp_path / "s"), dry_run=True, parallel=1,
+                   overrides=["--config.seed=5"])
+
+
+def test_dry_run_prints_eight_distinct_launch_commands_for_ablation_depth(tmp_path, capsys,
+                                                                           monkeypatch):
+    monkeypatch.chdir(REPO)
+    workdir = tmp_path / "depth"
+    rc = sweep.main("experiments/ablation_depth.py", str(workdir), dry_run=True, parallel=1,
+                    overrides=["--config.num_epochs=3"])
+    assert rc == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    assert len(lines) == 8 and len(set(lines)) == 8
+    seen = set()
+    for line in lines:
+        argv = shlex.split(line)
+        assert argv[:2] == ["python", "launch.py"]
+        flags = dict(a.split("=", 1) for a in argv[2:])
+        assert flags["--config.num_epochs"] == "3"
+        config_args = dict(kv.split("=") for kv in flags["--config"].split(":", 1)[1].split(","))
+        point = (int(config_args["depth"]), config_args["residual"])
+        assert Path(flags["--workdir"]).parent == workdir
+        seen.add(point)
+    assert seen == {(d, r) for d in (20, 32, 44, 56) for r in ("True", "False")}
+    # Nothing ran: only the plan exists.
+    assert [p.name for p in workdir.iterdir()] == [sweep.SWEEP_FILE]
+
+
+def test_sweep_files_build_a_config_for_every_point(monkeypatch):
+    monkeypatch.chdir(REPO)
+    for name, count in (("ablation_depth", 8), ("ablation_norm", 8), ("mlp_vs_cnn_cifar10", 2)):
+        points = sweep.get_points(f"experiments/{name}.py:runlocal,data=synthetic")
+        assert len(points) == count
+        sweep.preflight(f"experiments/{name}.py:runlocal,data=synthetic", points, [],
+                        check_data=True)
+
+
+def test_missing_cifar_tree_is_a_clear_error_before_anything_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("CNN_JAX_CIFAR10", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*tar xzf"):
+        sweep.main("experiments/ablation_norm.py", str(tmp_path / "s"), dry_run=False,
+                   parallel=1, overrides=[])
+    assert not (tmp_path / "s").exists()
+
+
+def test_error_line_picks_the_exception_line():
+    log = "Traceback (most recent call last):\n  File \"x.py\", line 3\n    raise ValueError('x')\n" \
+          "ValueError: model.name 'resnt20' unknown\nI0101 shutting down\n"
+    assert sweep.error_line(log, 1) == "ValueError: model.name 'resnt20' unknown"
+    assert sweep.error_line("", -9) == "killed by signal SIGKILL"
+    assert sweep.error_line("just this\n", 2) == "just this"
+
+
+# A stand-in for launch.py: writes a finished run unless the point's arg says fail.
+FAKE_LAUNCH = """
+import json, os, sys
+flags = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+workdir, arg = flags["workdir"], flags["config"].partition(":")[2]
+os.makedirs(workdir, exist_ok=True)
+with open(os.path.join(workdir, "runs.txt"), "a") as f:
+    f.write("run\\n")
+if "mode=fail" in arg:
+    print("step 1 ok")
+    print("Traceback (most recent call last):", file=sys.stderr)
+    print("FloatingPointError: loss is nan at step 3", file=sys.stderr)
+    sys.exit(1)
+with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    for ep in (1, 2):
+        f.write(json.dumps({"step": ep, "epoch": ep, "split": "train", "loss": 1.0,
+                            "top1": 0.5 + 0.1 * ep, "top5": 0.9}) + "\\n")
+        f.write(json.dumps({"step": ep, "epoch": ep, "split": "val", "loss": 1.0,
+                            "top1": 0.4 + 0.1 * ep, "top5": 0.8}) + "\\n")
+final = {"loss": 1.0, "top1": 0.6, "top5": 0.9}
+json.dump({"status": "finished", "step": 2, "epochs": 2.0,
+           "final": {"train": final, "val": final, "test": final}, "best_val_top1": 0.6,
+           "params": 10, "macs": 20, "wall_time_s": 0.1, "img_per_s": 5.0},
+          open(os.path.join(workdir, "results.json"), "w"))
+"""
+
+
+@pytest.fixture
+def fake_launch(tmp_path, monkeypatch):
+    script = tmp_path / "fake_launch.py"
+    script.write_text(FAKE_LAUNCH)
+    monkeypatch.setattr(sweep, "launch_script", lambda must_exist=True: script)
+    return script
+
+
+def test_failed_point_is_recorded_and_the_sweep_goes_on(tmp_path, fake_launch):
+    exp = _write_experiment(tmp_path, """
+        import ml_collections
+        from cnn_jax.sweep import parse_arg, product
+        def get_config(arg=None):
+            return ml_collections.ConfigDict({"seed": 0})
+        def get_sweep(arg=None):
+            return product(mode=["ok", "fail", "fine"])
+        """)
+    workdir = tmp_path / "s"
+    rc = sweep.main(exp, str(workdir), dry_run=False, parallel=2, overrides=[])
+    assert rc == 1
+    status = json.loads((workdir / "mode-fail" / sweep.STATUS_FILE).read_text())
+    assert status["status"] == "failed"
+    assert status["error"] == "FloatingPointError: loss is nan at step 3"
+    assert "step 1 ok" in (workdir / "mode-fail" / sweep.LOG_FILE).read_text()
+    for ok in ("mode-ok", "mode-fine"):
+        assert sweep.is_finished(workdir / ok)
+        assert json.loads((workdir / ok / sweep.STATUS_FILE).read_text())["status"] == "finished"
+    rows = {r["point"]: r for r in csv.DictReader(open(workdir / "summary.csv"))}
+    assert rows["mode-fail"]["status"] == "failed"
+    assert rows["mode-fail"]["error"] == "FloatingPointError: loss is nan at step 3"
+    assert rows["mode-ok"]["status"] == "finished"
+    assert float(rows["mode-ok"]["val_top1_err"]) == pytest.approx(40.0)
+    md = (workdir / "summary.md").read_text()
+    assert "FloatingPointError: loss is nan at step 3" in md
+
+    # Re-running retries only the failed point.
+    rc = sweep.main(exp, str(workdir), dry_run=False, parallel=1, overrides=[])
+    assert rc == 1
+    runs = {p: (workdir / p / "runs.txt").read_text().count("run")
+            for p in ("mode-ok", "mode-fail", "mode-fine")}
+    assert runs == {"mode-ok": 1, "mode-fail": 2, "mode-fine": 1}
+
+
+def test_dry_run_commands_run_as_printed(tmp_path, fake_launch, capsys):
+    """The printed commands are complete: running one (with the stand-in) trains that point."""
+    exp = _write_experiment(tmp_path, """
+        from cnn_jax.sweep import product
+        def get_sweep():
+            return product(mode=["ok"], **{"config.seed": [3]})
+        def get_config(arg=None):
+            import ml_collections
+            return ml_collections.ConfigDict({"seed": 0})
+        """)
+    sweep.main(exp, str(tmp_path / "s"), dry_run=True, parallel=1, overrides=[])
+    (line,) = capsys.readouterr().out.splitlines()
+    argv = shlex.split(line)
+    assert "--config.seed=3" in argv and argv[2].endswith(":mode=ok")
+    import subprocess
+
+    subprocess.run([sys.executable, str(fake_launch), *argv[2:]], check=True)
+    assert sweep.is_finished(tmp_path / "s" / "mode-ok_seed3")
