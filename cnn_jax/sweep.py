@@ -245,7 +245,8 @@ def _merge_args(base: str, point_args: dict[str, Any], name: str) -> str:
 
 
 def _override_key(flag: str) -> str:
-    return flag.lstrip("-").split("=", 1)[0]
+    key = flag.lstrip("-").split("=", 1)[0]
+    return key[2:] if key.startswith("noconfig.") else key
 
 
 def point_command(config_arg: str, workdir: str, name: str, overrides: dict[str, Any],
@@ -362,15 +363,18 @@ def _run_point(argv: list[str], run_dir: Path, name: str, echo) -> dict:
             log.seek(offset)
             text = log.read()
         line = error_line(text, proc.returncode)
+        ended = (_read_json(run_dir / "results.json") or {}).get("status")
         if proc.returncode == 0:
-            line = f"exited 0 without a finished results.json (last line: {line})"
-        status = {"status": "failed", "returncode": proc.returncode, "error": line,
+            line = (f"run ended with status {ended!r}; re-run the sweep to resume it" if ended
+                    else f"exited 0 without a finished results.json (last line: {line})")
+        status = {"status": ended if proc.returncode == 0 and ended else "failed",
+                  "returncode": proc.returncode, "error": line,
                   "wall_time_s": wall, "command": shlex.join(argv), "log": str(log_path)}
     _write_json(run_dir / STATUS_FILE, status)
     if status["status"] == "finished":
         echo(f"{name}: finished in {wall:.1f}s")
     else:
-        echo(f"{name}: FAILED ({status['error']}); log: {log_path}")
+        echo(f"{name}: {status['status'].upper()} ({status['error']}); log: {log_path}")
     return status
 
 
@@ -382,7 +386,7 @@ def main(config_arg: str, workdir: str, *, dry_run: bool = False, parallel: int 
     if not workdir:
         raise ValueError("--workdir is empty: give the sweep's directory")
     for flag in overrides:
-        if not flag.startswith("--config."):
+        if not flag.startswith(("--config.", "--noconfig.")):
             raise ValueError(f"sweep override {flag!r}: only --config.FIELD=VALUE flags are passed on")
     points = get_points(config_arg)
     commands = {name: point_command(config_arg, workdir, name, ov, overrides)

@@ -244,3 +244,17 @@ def test_dry_run_commands_run_as_printed(tmp_path, fake_launch, capsys):
 
     subprocess.run([sys.executable, str(fake_launch), *argv[2:]], check=True)
     assert sweep.is_finished(tmp_path / "s" / "mode-ok_seed3")
+
+
+def test_launch_py_sweep_dry_run_prints_eight_commands(tmp_path):
+    """The acceptance command, through launch.py's own flags."""
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "launch.py", "--config=experiments/ablation_depth.py:runlocal",
+         f"--workdir={tmp_path}", "--sweep_dry_run", "--config.seed=7"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("python launch.py")]
+    assert len(lines) == 8 and len(set(lines)) == 8
+    assert all("--config.seed=7" in ln and ":runlocal,depth=" in ln for ln in lines)

@@ -1,0 +1,32 @@
+"""AlexNet on ImageNet with the published recipe (Krizhevsky, Sutskever & Hinton 2012, Sec. 5).
+
+    python launch.py --config=experiments/imagenet_alexnet.py --workdir=runs/imagenet_alexnet
+    python launch.py --config=experiments/imagenet_alexnet.py:data=imagenette --workdir=runs/alex_nette
+    python launch.py --config=experiments/imagenet_alexnet.py:runlocal --workdir=/tmp/alex  # CPU smoke
+    python -m cnn_jax.report runs/imagenet_alexnet --filters   # the lecture's 96 first-layer kernels
+
+Should reach: 40.7% top-1 / 18.2% top-5 error on the ILSVRC-2012 validation set for one CNN
+(Krizhevsky et al. 2012, Table 2), with their 10-patch testing; a little more with one centre crop.
+
+Recipe (Sec. 5): batch 128, SGD momentum 0.9, weight decay 5e-4, lr 0.01 divided by 10 when the
+validation error stopped improving, three times in roughly 90 epochs; here the three drops are
+fixed at epochs 30, 60 and 80 of 90. Dropout 0.5 in the first two fully connected layers (part of
+the model). Augmentation: the random-resized crop 224 + flip stands in for the paper's random
+224 crops of 256x256 images plus flips and PCA colour noise.
+Args: runlocal, data=imagenet2012|imagenette|synthetic, epochs=90.
+"""
+
+from cnn_jax.sweep import parse_arg
+from experiments import imagenet_common
+
+
+def get_config(arg=None):
+    a = parse_arg(arg, runlocal=False, data="", epochs=90)
+    data = a.data or ("synthetic" if a.runlocal else "imagenet2012")
+    c = imagenet_common.base_config("alexnet", data, batch_size=128, lr=0.01,
+                                    weight_decay=5e-4, epochs=a.epochs)
+    c.optim.schedule = "multistep"
+    c.optim.milestones = tuple(round(a.epochs * f) for f in (1 / 3, 2 / 3, 8 / 9))
+    if a.runlocal:
+        imagenet_common.shrink_for_runlocal(c, image_size=128)
+    return c

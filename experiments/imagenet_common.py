@@ -1,0 +1,67 @@
+"""Shared pieces of the ImageNet recipe files (imagenet_*.py): data choice, augmentation, runlocal.
+
+Not an experiment on its own. `data=imagenet2012` (default) reads tfds's prepared imagenet2012
+(train / validation; tfds needs the ILSVRC2012 tar files in its manual_dir) or an image tree at
+--config.data.path; `data=imagenette` the 10-class Imagenette subset (tfds, or a tree);
+`data=synthetic` random 224x224 images, for when neither is at hand. Training augmentation is the
+Inception-style random-resized crop to 224 plus horizontal flip (Szegedy et al. 2015, Sec. 6);
+evaluation is the single centre crop; pixels are normalised with the usual ImageNet constants.
+"""
+
+import ml_collections
+
+from experiments.default import get_default_config
+
+DATA_CHOICES = ("imagenet2012", "imagenette", "synthetic")
+
+
+def base_config(model: str, data: str, *, batch_size: int, lr: float, weight_decay: float,
+                epochs: int) -> ml_collections.ConfigDict:
+    """SGD momentum 0.9 on `data` with random-resized-crop 224 + flip; the schedule is set by the caller."""
+    if data not in DATA_CHOICES:
+        raise ValueError(f"data={data!r}: valid values are {', '.join(DATA_CHOICES)}")
+    c = get_default_config()
+    c.model.name = model
+    c.batch_size = batch_size
+    c.num_epochs = epochs
+    c.optim.name = "sgd"
+    c.optim.lr = lr
+    c.optim.momentum = 0.9
+    c.optim.weight_decay = weight_decay
+    c.data.name = data
+    c.data.image_size = 224
+    c.data.random_resized_crop = True
+    c.data.flip = True
+    c.data.train_split = "train"
+    c.data.val_split = ""
+    c.data.shuffle_buffer = 16_384
+    c.log_every_steps = 500
+    if data == "synthetic":
+        c.data.synthetic_shape = (224, 224, 3)
+        c.data.synthetic_num_classes = 1000
+        c.data.synthetic_num_examples = 4096
+        c.data.eval_split = "test"
+        c.log_every_steps = 10
+    else:
+        c.data.normalize = "published"
+        c.data.eval_split = "validation"
+    return c
+
+
+def shrink_for_runlocal(c: ml_collections.ConfigDict, image_size: int) -> None:
+    """A CPU smoke test: a few small synthetic images (unless data= says otherwise), 3 steps."""
+    c.batch_size = 4
+    c.total_steps = 3
+    c.log_every_steps = 1
+    c.eval_every_steps = 3
+    c.checkpoint_every_steps = 3
+    c.async_checkpoints = False
+    c.data.image_size = image_size
+    c.data.shuffle_buffer = 64
+    if c.data.name == "synthetic":
+        c.data.synthetic_shape = (image_size, image_size, 3)
+        c.data.synthetic_num_classes = 10
+        c.data.synthetic_num_examples = 32
+    else:
+        c.data.train_split = "train[:64]"
+        c.data.eval_split = "validation[:32]"

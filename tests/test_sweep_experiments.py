@@ -1,0 +1,90 @@
+"""The experiment files of the sweeps/recipes issue: each documents its command, builds its config
+(full and runlocal), carries the published recipe, and rejects bad args."""
+
+from pathlib import Path
+
+import pytest
+
+from cnn_jax import sweep
+
+REPO = Path(__file__).resolve().parent.parent
+SWEEPS = ("ablation_depth", "ablation_norm", "mlp_vs_cnn_cifar10")
+RECIPES = ("resnet18_fashion_mnist", "imagenet_resnet18", "imagenet_resnet50",
+           "imagenet_googlenet", "imagenet_alexnet", "imagenet_vgg16")
+
+
+def _load(name):
+    return sweep.load_experiment(str(REPO / "experiments" / f"{name}.py"))
+
+
+@pytest.mark.parametrize("name", SWEEPS + RECIPES)
+def test_docstring_starts_with_the_command_and_says_what_it_should_reach(name):
+    module = _load(name)
+    doc = module.__doc__ or ""
+    assert f"python launch.py --config=experiments/{name}.py" in doc
+    assert "Should reach" in doc or "should show" in doc.lower()
+    assert "runlocal" in doc
+
+
+@pytest.mark.parametrize("name", SWEEPS + RECIPES)
+def test_full_and_runlocal_configs_build(name, monkeypatch, tmp_path):
+    monkeypatch.setenv("CNN_JAX_CIFAR10", str(tmp_path))
+    module = _load(name)
+    full, local = module.get_config(), module.get_config("runlocal")
+    assert full.model.name and local.model.name == full.model.name
+    assert local.total_steps > 0 and local.total_steps <= 10
+    assert local.batch_size <= 16 < full.batch_size
+    with pytest.raises(ValueError, match="Unknown experiment arg"):
+        module.get_config("runlcoal")
+
+
+def test_cifar_sweeps_use_he_et_al_recipe_and_the_data_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("CNN_JAX_CIFAR10", str(tmp_path))
+    c = _load("ablation_depth").get_config("depth=56,residual=False")
+    assert c.model.name == "plain56"
+    assert (c.batch_size, c.optim.lr, c.optim.weight_decay, c.num_epochs) == (128, 0.1, 1e-4, 182)
+    assert c.optim.milestones == (91, 136)
+    assert c.data.path == str(tmp_path) and c.data.val_split == "train[90%:]"
+    assert c.data.eval_split == "train[90%:]"  # no test/ folder in the tree
+    (tmp_path / "test").mkdir()
+    c = _load("ablation_depth").get_config("depth=32,epochs=20")
+    assert (c.model.name, c.model.shortcut, c.optim.milestones) == ("resnet32", "A", (10, 15))
+    assert c.data.eval_split == "test"
+    c = _load("ablation_norm").get_config("norm=group,residual=False,data=synthetic")
+    assert (c.model.name, c.model.norm, c.data.name) == ("plain20", "group", "synthetic")
+    assert [n for n, _ in _load("ablation_norm").get_sweep("depth=32")] == [
+        f"norm-{n}_{r}" for n in ("batch", "group", "layer", "none")
+        for r in ("noresidual", "residual")]
+    mlp = _load("mlp_vs_cnn_cifar10").get_config("net=mlp")
+    cnn = _load("mlp_vs_cnn_cifar10").get_config("net=cnn")
+    assert (mlp.num_epochs, mlp.batch_size) == (cnn.num_epochs, cnn.batch_size)
+    assert mlp.model.name == "mlp" and cnn.model.name != "mlp"
+
+
+def test_imagenet_recipes_match_the_papers():
+    r50 = _load("imagenet_resnet50").get_config()
+    assert (r50.batch_size, r50.optim.lr, r50.optim.momentum, r50.optim.weight_decay) == (
+        256, 0.1, 0.9, 1e-4)
+    assert (r50.num_epochs, r50.optim.milestones) == (90, (30, 60, 80))
+    assert (r50.data.name, r50.data.image_size, r50.data.random_resized_crop, r50.data.flip) == (
+        "imagenet2012", 224, True, True)
+    alex = _load("imagenet_alexnet").get_config()
+    assert (alex.batch_size, alex.optim.lr, alex.optim.weight_decay) == (128, 0.01, 5e-4)
+    vgg = _load("imagenet_vgg16").get_config()
+    assert (vgg.batch_size, vgg.optim.lr, vgg.optim.weight_decay, vgg.num_epochs) == (
+        256, 0.01, 5e-4, 74)
+    gn = _load("imagenet_googlenet").get_config()
+    assert gn.optim.gamma == 0.96 and gn.optim.milestones[:3] == (8, 16, 24)
+    nette = _load("imagenet_resnet18").get_config("data=imagenette")
+    assert nette.data.name == "imagenette" and nette.data.eval_split == "validation"
+    assert _load("imagenet_resnet18").get_config("runlocal").data.name == "synthetic"
+    with pytest.raises(ValueError, match="imagenet2012"):
+        _load("imagenet_resnet18").get_config("data=imagenet")
+
+
+def test_get_sweep_restricts_axes_through_its_args():
+    assert [n for n, _ in _load("ablation_depth").get_sweep("depths=20+56")] == [
+        "depth20_noresidual", "depth20_residual", "depth56_noresidual", "depth56_residual"]
+    assert [n for n, _ in _load("mlp_vs_cnn_cifar10").get_sweep("nets=mlp")] == ["mlp"]
+    with pytest.raises(ValueError, match="not one of"):
+        _load("mlp_vs_cnn_cifar10").get_sweep("nets=mlp+rnn")
