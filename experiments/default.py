@@ -25,6 +25,8 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.label_smoothing = 0.0
     c.grad_clip_norm = 0.0             # <= 0: no clipping
     c.steps_per_dispatch = 1           # > 1: lax.scan over several train steps per call
+    c.eval_batch_size = -1             # <= 0: same as batch_size (global; splits over devices)
+    c.aux_loss_weight = 0.3            # GoogLeNet auxiliary classifiers' loss weight (training)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "lenet5"
@@ -60,11 +62,13 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.optim.decay_bn_and_bias = False
     c.optim.schedule = "cosine"        # "constant" | "multistep" | "cosine"
     c.optim.warmup_epochs = 0.0
-    c.optim.milestones = ()            # multistep: epochs at which lr is divided by `gamma_inv`
+    c.optim.milestones = ()            # multistep: lr is multiplied by `gamma` at each milestone
+    c.optim.milestone_unit = "epochs"  # unit of `milestones`: "epochs" | "steps" (iterations)
     c.optim.gamma = 0.1
     c.optim.scale_lr_by_batch = False  # linear scaling rule: lr * batch_size / 256
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
+    c.optim.eps = 1e-8                 # adam / adamw epsilon
     return c
 
 

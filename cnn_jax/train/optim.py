@@ -1,0 +1,106 @@
+"""Optimizers and learning-rate schedules built from `config.optim` with optax.
+
+Schedules count optimizer steps. `optim.milestones` and `optim.warmup_epochs` are in epochs by
+default; `optim.milestone_unit="steps"` reads the milestones as step numbers (the ResNet CIFAR
+recipe divides the rate by 10 at iterations 32k and 48k).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+from cnn_jax.train.util import check_choice
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
+SCHEDULES = ("constant", "multistep", "cosine")
+WEIGHT_DECAY_MODES = ("l2", "decoupled")
+
+
+def base_learning_rate(config: ml_collections.ConfigDict) -> float:
+    """The peak learning rate, after the linear scaling rule (lr x batch / 256) when asked for."""
+    lr = float(config.optim.lr)
+    if config.optim.get("scale_lr_by_batch", False):
+        lr *= config.batch_size / 256.0
+    return lr
+
+
+def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                    total_steps: int) -> optax.Schedule:
+    """Learning rate per step: linear warmup from 0 (optional) into a constant, multistep or cosine."""
+    o = config.optim
+    name = check_choice("optim.schedule", o.schedule, SCHEDULES)
+    lr = base_learning_rate(config)
+    if lr <= 0:
+        raise ValueError(f"optim.lr must be positive, got {o.lr}.")
+    warmup = int(round(float(o.get("warmup_epochs", 0.0)) * steps_per_epoch))
+    if warmup < 0 or (warmup > 0 and warmup >= total_steps):
+        raise ValueError(
+            f"Warmup of {warmup} steps (optim.warmup_epochs={o.get('warmup_epochs')}) must be "
+            f"non-negative and shorter than the run ({total_steps} steps).")
+    if name == "constant":
+        main = optax.constant_schedule(lr)
+    elif name == "multistep":
+        unit = check_choice("optim.milestone_unit", o.get("milestone_unit", "epochs"),
+                            ("epochs", "steps"))
+        per = steps_per_epoch if unit == "epochs" else 1
+        milestones = sorted(int(round(float(m) * per)) for m in o.milestones)
+        if not milestones:
+            raise ValueError("optim.schedule='multistep' needs optim.milestones, e.g. "
+                             "--config.optim.milestones='(30,60,80)' (epochs).")
+        boundaries: dict[int, float] = {}
+        for m in milestones:
+            boundaries[m - warmup] = boundaries.get(m - warmup, 1.0) * float(o.gamma)
+        main = optax.piecewise_constant_schedule(lr, boundaries)
+    else:  # cosine, decaying to zero at the last step
+        main = optax.cosine_decay_schedule(lr, max(total_steps - warmup, 1))
+    if warmup <= 0:
+        return main
+    ramp = optax.linear_schedule(0.0, lr, warmup)
+    return optax.join_schedules([ramp, main], [warmup])
+
+
+def decay_mask(params: Any, decay_bn_and_bias: bool) -> Any:
+    """True for parameters that get weight decay: kernels only unless BN and biases are included.
+
+    Normalization scales/offsets and biases are exactly the 1-D parameters of these networks.
+    """
+    return jax.tree.map(lambda p: bool(decay_bn_and_bias) or p.ndim > 1, params)
+
+
+def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
+                     params: Any) -> optax.GradientTransformation:
+    """The optax chain for `config.optim`: clip, weight decay (L2 or decoupled), update rule, lr."""
+    o = config.optim
+    name = check_choice("optim.name", o.name, OPTIMIZERS)
+    mode = check_choice("optim.weight_decay_mode", o.weight_decay_mode, WEIGHT_DECAY_MODES)
+    if name == "adamw":
+        mode = "decoupled"  # AdamW is Adam with decoupled decay by definition.
+    wd = float(o.weight_decay)
+    if wd < 0:
+        raise ValueError(f"optim.weight_decay must be >= 0, got {wd}.")
+    mask = decay_mask(params, o.decay_bn_and_bias)
+    parts: list[optax.GradientTransformation] = []
+    if config.get("grad_clip_norm", 0.0) > 0:
+        parts.append(optax.clip_by_global_norm(float(config.grad_clip_norm)))
+    if name == "lars":
+        parts.append(optax.lars(schedule, weight_decay=wd, weight_decay_mask=mask,
+                                trust_ratio_mask=mask, momentum=float(o.momentum),
+                                nesterov=bool(o.nesterov)))
+        return optax.chain(*parts)
+    if wd > 0 and mode == "l2":
+        parts.append(optax.add_decayed_weights(wd, mask))
+    if name == "sgd":
+        if o.momentum > 0:
+            parts.append(optax.trace(decay=float(o.momentum), nesterov=bool(o.nesterov)))
+    else:
+        parts.append(optax.scale_by_adam(b1=float(o.b1), b2=float(o.b2),
+                                         eps=float(o.get("eps", 1e-8))))
+    if wd > 0 and mode == "decoupled":
+        parts.append(optax.add_decayed_weights(wd, mask))
+    parts.append(optax.scale_by_learning_rate(schedule))
+    return optax.chain(*parts)
+

@@ -1,0 +1,128 @@
+"""Pure train and eval steps: softmax cross-entropy, top-1/top-5, gradient, optimizer update.
+
+Steps never touch files or the host; `axis_name` is set when the step runs under `pmap`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cnn_jax.train.state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """What a step needs besides the state and the batch (static under jit)."""
+
+    apply_fn: Callable[..., Any]
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    num_classes: int
+    label_smoothing: float = 0.0
+    aux_loss_weight: float = 0.3
+    ema_decay: float = 0.0
+    axis_name: str | None = None
+
+
+def _split_outputs(outputs: Any) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """(main logits, auxiliary logits): GoogLeNet returns (logits, aux1, aux2) in train mode."""
+    if isinstance(outputs, (tuple, list)):
+        return outputs[0], tuple(outputs[1:])
+    return outputs, ()
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float) -> jax.Array:
+    """Per-example softmax cross-entropy against one-hot or soft (mixup) targets, in float32."""
+    if label_smoothing > 0:
+        targets = optax.smooth_labels(targets, label_smoothing)
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def topk_correct(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-example 0/1 for top-1 and top-5 correctness (top-k with k = min(5, classes))."""
+    k = min(5, logits.shape[-1])
+    top = jax.lax.top_k(logits.astype(jnp.float32), k)[1]
+    hits = top == labels[:, None]
+    return hits[:, 0].astype(jnp.float32), jnp.any(hits, axis=-1).astype(jnp.float32)
+
+
+def _targets(batch: dict, num_classes: int) -> jax.Array:
+    if "targets" in batch:
+        return batch["targets"].astype(jnp.float32)
+    return jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32)
+
+
+def train_step(state: TrainState, batch: dict, cfg: StepConfig) -> tuple[TrainState, dict]:
+    """One SGD step on one batch; returns the new state and the batch's mean metrics."""
+    rng = jax.random.fold_in(state.rng, state.step)
+    if cfg.axis_name is not None:
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(cfg.axis_name))
+    targets = _targets(batch, cfg.num_classes)
+
+    def loss_fn(params):
+        outputs, updates = cfg.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+            rngs={"dropout": rng}, mutable=["batch_stats"])
+        logits, aux = _split_outputs(outputs)
+        loss = cross_entropy(logits, targets, cfg.label_smoothing).mean()
+        for a in aux:
+            loss += cfg.aux_loss_weight * cross_entropy(a, targets, cfg.label_smoothing).mean()
+        return loss, (logits, updates.get("batch_stats", state.batch_stats))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    top1, top5 = topk_correct(logits, batch["label"])
+    metrics = {"loss": loss, "top1": top1.mean(), "top5": top5.mean()}
+    if cfg.axis_name is not None:
+        grads = jax.lax.pmean(grads, cfg.axis_name)
+        metrics = jax.lax.pmean(metrics, cfg.axis_name)
+    updates, opt_state = cfg.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if ema is not None:
+        ema = optax.incremental_update(params, ema, 1.0 - cfg.ema_decay)
+    metrics["lr"] = jnp.asarray(cfg.schedule(state.step), jnp.float32)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state, ema_params=ema)
+    return new_state, metrics
+
+
+def train_steps(state: TrainState, batches: dict, cfg: StepConfig) -> tuple[TrainState, dict]:
+    """Several train steps in one call (`lax.scan` over the leading axis of `batches`)."""
+    return jax.lax.scan(lambda s, b: train_step(s, b, cfg), state, batches)
+
+
+def eval_step(state: TrainState, batch: dict, cfg: StepConfig) -> dict:
+    """Mask-weighted sums of loss, top-1 and top-5 hits and the example count for one batch.
+
+    Sums (not means) so that padded examples are dropped and every real example counts once.
+    Uses the EMA of the parameters when the run keeps one.
+    """
+    params = state.ema_params if state.ema_params is not None else state.params
+    outputs = cfg.apply_fn({"params": params, "batch_stats": state.batch_stats}, batch["image"],
+                           train=False)
+    logits, _ = _split_outputs(outputs)
+    labels = batch["label"]
+    mask = batch.get("mask")
+    mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+    onehot = jax.nn.one_hot(labels, cfg.num_classes, dtype=jnp.float32)
+    loss = cross_entropy(logits, onehot, 0.0)
+    top1, top5 = topk_correct(logits, labels)
+    real = mask > 0  # padding may hold anything; `where` keeps a NaN there out of the sums
+    sums = {"loss": jnp.where(real, loss, 0.0).sum(), "top1": jnp.where(real, top1, 0.0).sum(),
+            "top5": jnp.where(real, top5, 0.0).sum(), "count": mask.sum()}
+    if cfg.axis_name is not None:
+        sums = jax.lax.psum(sums, cfg.axis_name)
+    return sums
+
+
+def predict_probs(variables: dict, images: jax.Array, apply_fn: Callable[..., Any]) -> jax.Array:
+    """Class probabilities for a batch of preprocessed images (inference mode)."""
+    logits, _ = _split_outputs(apply_fn(variables, images, train=False))
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)

@@ -1,0 +1,163 @@
+"""Optimizers, schedules and the pure train/eval steps, on a tiny hand-made module."""
+
+import sys
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cnn_jax.train import optim, steps
+from cnn_jax.train.state import create_train_state
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: experiments/
+from experiments.default import get_default_config  # noqa: E402
+
+
+class TinyNet(nn.Module):
+    num_classes: int = 4
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(3, (3, 3))(x)
+        x = nn.BatchNorm(use_running_average=not train)(x)
+        x = nn.relu(x).mean(axis=(1, 2))
+        return nn.Dense(self.num_classes)(x)
+
+
+def _config(**optim_fields):
+    c = get_default_config()
+    c.batch_size = 8
+    for k, v in optim_fields.items():
+        c.optim[k] = v
+    return c
+
+
+def _setup(config, total_steps=10, steps_per_epoch=5):
+    model = TinyNet()
+    schedule = optim.create_schedule(config, steps_per_epoch, total_steps)
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 2))))
+    tx = optim.create_optimizer(config, schedule, params["params"])
+    cfg = steps.StepConfig(apply_fn=model.apply, tx=tx, schedule=schedule, num_classes=4)
+    state = create_train_state(model, tx, 0, (6, 6, 2), ema=False)
+    return cfg, state
+
+
+def _batch(n=8, seed=0):
+    r = np.random.default_rng(seed)
+    return {"image": r.normal(size=(n, 6, 6, 2)).astype(np.float32),
+            "label": r.integers(0, 4, n).astype(np.int32)}
+
+
+@pytest.mark.parametrize("field,value,close", [("name", "adamww", "adamw"),
+                                               ("schedule", "cosin", "cosine")])
+def test_unknown_optimizer_or_schedule_lists_valid_names(field, value, close):
+    c = _config(**{field: value})
+    with pytest.raises(ValueError) as e:
+        _setup(c)
+    msg = str(e.value)
+    assert f"Did you mean {close!r}" in msg and repr(value) in msg
+    assert all(v in msg for v in (optim.OPTIMIZERS if field == "name" else optim.SCHEDULES))
+
+
+def test_multistep_in_steps_and_epochs():
+    c = _config(schedule="multistep", lr=1.0, milestones=(4, 6), milestone_unit="steps")
+    s = optim.create_schedule(c, steps_per_epoch=3, total_steps=10)
+    assert [float(s(i)) for i in (0, 3, 4, 5, 6, 9)] == pytest.approx([1, 1, .1, .1, .01, .01])
+    c.optim.milestone_unit = "epochs"
+    s = optim.create_schedule(c, steps_per_epoch=2, total_steps=20)  # epochs 4, 6 = steps 8, 12
+    assert [float(s(i)) for i in (7, 8, 11, 12)] == pytest.approx([1, .1, .1, .01])
+
+
+def test_warmup_then_cosine_and_linear_scaling():
+    c = _config(schedule="cosine", lr=0.1, warmup_epochs=1.0, scale_lr_by_batch=True)
+    c.batch_size = 512  # linear scaling rule: 0.1 * 512 / 256 = 0.2
+    s = optim.create_schedule(c, steps_per_epoch=10, total_steps=110)
+    assert float(s(0)) == pytest.approx(0.0)
+    assert float(s(5)) == pytest.approx(0.1)
+    assert float(s(10)) == pytest.approx(0.2)
+    assert float(s(60)) == pytest.approx(0.1, rel=1e-3)
+    assert float(s(110)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_multistep_without_milestones_is_an_error():
+    with pytest.raises(ValueError, match="milestones"):
+        optim.create_schedule(_config(schedule="multistep"), 10, 100)
+
+
+@pytest.mark.parametrize("decay_all", [False, True])
+def test_l2_decay_adds_to_gradient_of_kernels_only_by_choice(decay_all):
+    c = _config(name="sgd", momentum=0.0, lr=1.0, schedule="constant", weight_decay=0.5,
+                weight_decay_mode="l2", decay_bn_and_bias=decay_all)
+    params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
+    tx = optim.create_optimizer(c, optim.create_schedule(c, 1, 10), params)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    np.testing.assert_allclose(updates["kernel"], -0.5 * np.ones((2, 2)))
+    np.testing.assert_allclose(updates["bias"], -0.5 * np.ones(2) if decay_all else np.zeros(2))
+
+
+def test_decoupled_decay_is_not_scaled_by_adam():
+    c = _config(name="adamw", lr=0.1, schedule="constant", weight_decay=0.01)
+    params = {"kernel": jnp.full((2, 2), 2.0)}
+    tx = optim.create_optimizer(c, optim.create_schedule(c, 1, 10), params)
+    updates, _ = tx.update({"kernel": jnp.zeros((2, 2))}, tx.init(params), params)
+    np.testing.assert_allclose(updates["kernel"], -0.1 * 0.01 * 2.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "lars"])
+def test_train_step_lowers_the_loss(name):
+    c = _config(name=name, lr=0.05 if name != "lars" else 1.0, schedule="constant")
+    cfg, state = _setup(c)
+    batch = _batch()
+    step = jax.jit(lambda s, b: steps.train_step(s, b, cfg))
+    first = None
+    for _ in range(15):
+        state, m = step(state, batch)
+        first = float(m["loss"]) if first is None else first
+    assert float(m["loss"]) < first
+    assert int(state.step) == 15
+    assert set(m) == {"loss", "top1", "top5", "lr", "grad_norm"}
+    assert 0.0 <= float(m["top1"]) <= float(m["top5"]) <= 1.0
+    assert float(m["lr"]) == pytest.approx(c.optim.lr)
+
+
+def test_label_smoothing_and_mixup_targets_change_the_loss():
+    logits = jnp.array([[4.0, 0.0, 0.0, 0.0]])
+    hard = jax.nn.one_hot(jnp.array([0]), 4)
+    assert float(steps.cross_entropy(logits, hard, 0.1)[0]) > \
+        float(steps.cross_entropy(logits, hard, 0.0)[0])
+    soft = jnp.array([[0.5, 0.5, 0.0, 0.0]])
+    assert float(steps.cross_entropy(logits, soft, 0.0)[0]) > 2.0
+
+
+def test_eval_step_sums_count_every_real_example_once():
+    cfg, state = _setup(_config())
+    batch = _batch(8)
+    batch["mask"] = np.array([1, 1, 1, 1, 1, 0, 0, 0], np.float32)
+    batch["image"][5:] = np.nan  # padding may hold anything
+    sums = jax.jit(lambda s, b: steps.eval_step(s, b, cfg))(state, batch)
+    assert float(sums["count"]) == 5.0
+    assert np.isfinite(float(sums["loss"]))
+    logits = cfg.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                          batch["image"][:5])
+    expect = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"][:5]).sum()
+    assert float(sums["loss"]) == pytest.approx(float(expect), rel=1e-5)
+    top1 = (np.argmax(logits, -1) == batch["label"][:5]).sum()
+    assert float(sums["top1"]) == top1
+
+
+def test_ema_tracks_params():
+    c = _config(schedule="constant")
+    model = TinyNet()
+    cfg, _ = _setup(c)
+    cfg = steps.StepConfig(apply_fn=model.apply, tx=cfg.tx, schedule=cfg.schedule,
+                           num_classes=4, ema_decay=0.5)
+    state = create_train_state(model, cfg.tx, 0, (6, 6, 2), ema=True)
+    new, _ = steps.train_step(state, _batch(), cfg)
+    expect = jax.tree.map(lambda p, e: 0.5 * p + 0.5 * e, new.params, state.ema_params)
+    for a, b in zip(jax.tree.leaves(new.ema_params), jax.tree.leaves(expect)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
