@@ -48,6 +48,11 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.data.cutmix_alpha = 0.0
     c.data.shuffle_buffer = 50_000
     c.data.max_bad_fraction = 0.01     # image folders: tolerated fraction of unreadable files
+    c.data.cache_dir = ""              # stats/decoded-image caches; "": beside the data when
+                                       # writable, else ~/.cache/cnn_jax
+    c.data.tfds_data_dir = ""          # tensorflow-datasets data dir; "": the tfds default
+    c.data.download = True             # let tfds download when no prepared/local copy is found
+    c.data.stats_max_examples = 10_000 # streamed image sets: train_stats from this many images
     c.data.synthetic_shape = (32, 32, 3)
     c.data.synthetic_num_classes = 10
     c.data.synthetic_num_examples = 1024
