@@ -1,1 +1,28 @@
-"""Input pipeline (see the package modules)."""
+"""Input pipeline: data sets by name, the lecture's preprocessing, augmentation, exact evaluation.
+
+Public interface (used by the training engine):
+  DatasetInfo, get_info(data_cfg)
+  create_train_iterator(data_cfg, *, global_batch_size, seed, start_step=0, process_index=0,
+                        process_count=1)
+  create_eval_iterator(data_cfg, split, *, global_batch_size, process_index=0, process_count=1)
+  num_train_examples(info), steps_per_epoch(info, global_batch_size),
+  num_eval_batches(info, split, global_batch_size)
+  OnDeviceData (cnn_jax.data.on_device): the whole training split on the accelerator.
+"""
+
+from cnn_jax.data.pipeline import (DatasetInfo, create_eval_iterator, create_train_iterator,
+                                   get_info, num_eval_batches, num_train_examples,
+                                   steps_per_epoch)
+from cnn_jax.data.sources import NAMES
+
+
+def __getattr__(name: str):
+    # OnDeviceData imports JAX; loaded on first use so host-only tools stay light.
+    if name == "OnDeviceData":
+        from cnn_jax.data.on_device import OnDeviceData
+        return OnDeviceData
+    raise AttributeError(f"module 'cnn_jax.data' has no attribute {name!r}")
+
+
+__all__ = ["NAMES", "DatasetInfo", "OnDeviceData", "create_eval_iterator", "create_train_iterator",
+           "get_info", "num_eval_batches", "num_train_examples", "steps_per_epoch"]

@@ -1,0 +1,502 @@
+"""From `config.data` to data set facts, training batches and evaluation batches.
+
+Training order: epoch e visits the training split in the permutation drawn from (seed, e) and
+drops its last partial batch, so step s always holds the same examples and `start_step=k`
+resumes exactly where an uninterrupted run would be. Process p of P takes rows
+[p * b, (p + 1) * b) of every global batch of B = P * b examples (in-memory and image-file
+sources); a streamed tfds set gives each process its own `tfds.even_splits` part instead.
+Evaluation visits a split once, in order, padding the last global batch and marking real
+examples with `mask`, so every example is counted exactly once over all processes.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import itertools
+import math
+import os
+import threading
+import warnings
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from cnn_jax.data import augment, preprocess, splits
+from cnn_jax.data.sources import (DEFAULT_IMAGE_SIZE, ArraySplit, FileSplit, Source, TfdsSplit,
+                                  field, resolve_source)
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Facts about a configured data set, as the model sees it after preprocessing."""
+    name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    num_examples: dict[str, int]        # split spec -> examples, for the configured splits
+    class_names: list[str]
+    mean: tuple[float, ...]             # per channel, on [0, 1] pixels, used to normalise
+    std: tuple[float, ...]
+    train_split: str = "train"
+    origin: str = ""                    # where the data was found
+
+
+@dataclasses.dataclass
+class _Plan:
+    """A resolved configuration: the source, its facts and the normalisation constants."""
+    cfg: Any
+    source: Source
+    info: DatasetInfo
+    image_size: int                     # > 0: every image is made image_size x image_size
+    scale: np.ndarray
+    bias: np.ndarray
+
+
+def _check_config(cfg: Any) -> None:
+    preprocess.check_mode(str(field(cfg, "normalize", "train_stats")))
+    checks = [
+        ("crop_padding", field(cfg, "crop_padding", 0), lambda v: int(v) >= 0, ">= 0"),
+        ("mixup_alpha", field(cfg, "mixup_alpha", 0.0), lambda v: float(v) >= 0, ">= 0"),
+        ("cutmix_alpha", field(cfg, "cutmix_alpha", 0.0), lambda v: float(v) >= 0, ">= 0"),
+        ("max_bad_fraction", field(cfg, "max_bad_fraction", 0.01), lambda v: 0 <= float(v) <= 1,
+         "in [0, 1]"),
+        ("shuffle_buffer", field(cfg, "shuffle_buffer", 50_000), lambda v: int(v) >= 1, ">= 1"),
+    ]
+    for name, value, ok, want in checks:
+        if not ok(value):
+            raise ValueError(f"data.{name}={value!r} must be {want}.")
+
+
+def _fit_size(images: np.ndarray, size: int) -> np.ndarray:
+    """Central square crop + resize of an in-memory uint8 array to size x size (no-op if equal)."""
+    if size <= 0 or images.shape[1:3] == (size, size):
+        return images
+    import tensorflow as tf
+
+    h, w = images.shape[1:3]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    out = []
+    for i in range(0, len(images), 4096):
+        chunk = images[i: i + 4096, top: top + side, left: left + side]
+        resized = tf.image.resize(chunk, [size, size], method="bilinear", antialias=True)
+        out.append(np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8))
+    return np.concatenate(out)
+
+
+def _load_array(plan_or_source: Source, spec: str, image_size: int) -> ArraySplit:
+    split = plan_or_source.load(spec)
+    assert isinstance(split, ArraySplit)
+    return ArraySplit(_fit_size(split.images, image_size), split.labels)
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise ValueError(
+            f"{where} has label {labels[bad[0]]} at index {bad[0]} ({bad.size} in all) outside "
+            f"[0, {num_classes}); the labels do not match the data set's {num_classes} classes."
+        )
+
+
+def _stats_from_stream(plan_source: Source, cfg: Any, spec: str, image_size: int):
+    """Stats of at most data.stats_max_examples training images, as the model sees them."""
+    import tensorflow as tf
+
+    limit = int(field(cfg, "stats_max_examples", 10_000))
+    split = plan_source.load(spec)
+    if isinstance(split, FileSplit):
+        n = len(split.labels)
+        pick = np.sort(np.random.default_rng(0).permutation(n)[: min(n, limit)])
+        ds = tf.data.Dataset.from_tensor_slices(split.paths[pick]).map(tf.io.read_file)
+    else:
+        import tensorflow_datasets as tfds
+
+        ds = split.builder.as_dataset(split=spec, shuffle_files=False,
+                                      decoders={"image": tfds.decode.SkipDecoding()})
+        ds = ds.take(limit).map(lambda ex: ex["image"])
+    ds = ds.map(lambda b: augment.tf_eval_image(b, image_size=image_size),
+                num_parallel_calls=tf.data.AUTOTUNE).batch(256)
+    return preprocess.channel_stats(ds.as_numpy_iterator())
+
+
+def _plan(cfg: Any, *, splits_to_count: tuple[str, ...] | None = None) -> _Plan:
+    _check_config(cfg)
+    source = resolve_source(cfg)
+    name = source.name
+    train_spec = str(field(cfg, "train_split", "train"))
+    image_size = int(field(cfg, "image_size", -1))
+    if source.kind != "array" and image_size <= 0:
+        image_size = DEFAULT_IMAGE_SIZE.get(name, 224)
+    if bool(field(cfg, "random_resized_crop", False)) and source.kind == "array":
+        raise ValueError(
+            f"data.random_resized_crop=True needs streamed image files (image_folder with "
+            f"data.image_size > 0, imagenette, imagenet2012), but {name!r} is held in memory "
+            f"({source.origin}); use data.crop_padding and data.flip for small images.")
+
+    if splits_to_count is None:
+        splits_to_count = tuple(s for s in (train_spec, str(field(cfg, "eval_split", "")),
+                                            str(field(cfg, "val_split", ""))) if s)
+    num_examples = {spec: source.num_examples(spec) for spec in splits_to_count}
+    _warn_overlap(source, train_spec, str(field(cfg, "val_split", "")))
+
+    if source.kind == "array":
+        h, w, c = source.shape
+        shape = (image_size, image_size, c) if image_size > 0 else (h, w, c)
+    else:
+        shape = (image_size, image_size, 3)
+
+    mode = str(field(cfg, "normalize", "train_stats"))
+    if mode == "none":
+        mean, std = (0.0,) * shape[2], (1.0,) * shape[2]
+    elif mode == "published":
+        mean, std = preprocess.published(source.published, shape[2])
+    else:
+        def compute():
+            if source.kind == "array":
+                split = _load_array(source, train_spec, image_size)
+                return preprocess.channel_stats(preprocess.array_batches(split.images))
+            return _stats_from_stream(source, cfg, train_spec, image_size)
+        key = [source.fingerprint, train_spec, image_size, shape,
+               int(field(cfg, "stats_max_examples", 10_000)) if source.kind != "array" else 0]
+        mean, std = preprocess.cached_stats(source.cache_dir, key, compute)
+
+    info = DatasetInfo(
+        name=name, num_classes=source.num_classes, image_shape=tuple(int(s) for s in shape),
+        num_examples=num_examples, class_names=list(source.class_names),
+        mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
+        train_split=train_spec, origin=source.origin)
+    scale, bias = preprocess.scale_bias(info.mean, info.std)
+    return _Plan(cfg, source, info, image_size, scale, bias)
+
+
+def _warn_overlap(source: Source, train_spec: str, val_spec: str) -> None:
+    if not val_spec:
+        return
+    train = splits.resolve(train_spec, source.sizes, source.origin)
+    val = splits.resolve(val_spec, source.sizes, source.origin)
+    for name, a0, a1 in train:
+        for vname, b0, b1 in val:
+            if name == vname and max(a0, b0) < min(a1, b1):
+                warnings.warn(
+                    f"data.val_split={val_spec!r} overlaps data.train_split={train_spec!r} "
+                    f"({min(a1, b1) - max(a0, b0)} examples of {name!r}): validation scores will "
+                    f"be optimistic. Use e.g. train_split='{name}[:90%]' with val_split='{name}[90%:]'.",
+                    stacklevel=3)
+                return
+
+
+def get_info(data_cfg: Any) -> DatasetInfo:
+    """Facts about the configured data set (computes and caches the training statistics)."""
+    return _plan(data_cfg).info
+
+
+def num_train_examples(info: DatasetInfo) -> int:
+    """Examples in the configured training split."""
+    return info.num_examples[info.train_split]
+
+
+def steps_per_epoch(info: DatasetInfo, global_batch_size: int) -> int:
+    """Full global batches per epoch (the last partial batch of each epoch is dropped)."""
+    n = num_train_examples(info)
+    if global_batch_size <= 0:
+        raise ValueError(f"global batch size must be positive, got {global_batch_size}.")
+    if n < global_batch_size:
+        raise ValueError(
+            f"Training split {info.train_split!r} of {info.name} has {n} examples, fewer than one "
+            f"global batch of {global_batch_size}; lower config.batch_size.")
+    return n // global_batch_size
+
+
+def _local_batch(global_batch_size: int, process_index: int, process_count: int) -> int:
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count}).")
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise ValueError(
+            f"config.batch_size={global_batch_size} (global) must be a positive multiple of the "
+            f"process count {process_count}.")
+    return global_batch_size // process_count
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (SeedSequence), for tf.data and stateless ops."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+# ----------------------------------------------------------------------------- prefetching
+
+class _OrderedMap(Iterator):
+    """Yields fn(k) for k in `keys`, computed `ahead` items ahead on a few threads, in order.
+
+    Each batch is a pure function of its step, so threads change only the speed (NumPy releases
+    the GIL while it copies and converts). Dropping or closing the iterator stops the threads.
+    """
+
+    def __init__(self, fn, keys: Iterable[int], ahead: int = 4):
+        workers = max(1, min(4, os.cpu_count() or 1))
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="cnn_jax_data")
+        self._fn, self._keys = fn, iter(keys)
+        self._pending: collections.deque = collections.deque()
+        for _ in range(max(ahead, workers)):
+            self._submit()
+
+    def _submit(self) -> None:
+        for k in self._keys:
+            self._pending.append(self._pool.submit(self._fn, k))
+            return
+
+    def __next__(self) -> Batch:
+        if not self._pending:
+            self.close()
+            raise StopIteration
+        future = self._pending.popleft()
+        self._submit()
+        return future.result()
+
+    def close(self) -> None:
+        """Cancels the batches computed ahead and stops the threads."""
+        self._pending.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------- training
+
+def _augment_settings(cfg: Any) -> dict[str, Any]:
+    return dict(
+        padding=int(field(cfg, "crop_padding", 0)), flip=bool(field(cfg, "flip", False)),
+        mixup=float(field(cfg, "mixup_alpha", 0.0)), cutmix=float(field(cfg, "cutmix_alpha", 0.0)),
+        rrc=bool(field(cfg, "random_resized_crop", False)))
+
+
+def _maybe_mix(batch: Batch, aug: dict, num_classes: int, seed: int, step: int, p: int) -> Batch:
+    if aug["mixup"] > 0 or aug["cutmix"] > 0:
+        rng = np.random.default_rng([seed, 3, step, p])
+        batch["image"], batch["targets"] = augment.mix(
+            batch["image"], batch["label"], num_classes, rng, aug["mixup"], aug["cutmix"])
+    return batch
+
+
+class _ArrayTrainBatches:
+    """Training batch of step s from an in-memory split (thread-safe, pure in (seed, s))."""
+
+    def __init__(self, plan: _Plan, split: ArraySplit, B: int, b: int, seed: int, p: int):
+        self.plan, self.split, self.B, self.b, self.seed, self.p = plan, split, B, b, seed, p
+        self.spe = len(split.labels) // B
+        self.aug = _augment_settings(plan.cfg)
+        self._perms: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        with self._lock:
+            if epoch not in self._perms:
+                if len(self._perms) >= 2:
+                    self._perms.pop(min(self._perms))
+                n = len(self.split.labels)
+                self._perms[epoch] = np.random.default_rng([self.seed, 0, epoch]).permutation(n)
+            return self._perms[epoch]
+
+    def __call__(self, step: int) -> Batch:
+        B, b, p, aug = self.B, self.b, self.p, self.aug
+        epoch, i = divmod(step, self.spe)
+        index = self._perm(epoch)[i * B + p * b: i * B + (p + 1) * b]
+        # Random draws cover the whole global batch, so a row's augmentation does not depend on
+        # the number of processes.
+        offsets, flips = augment.draw_crop_flip(np.random.default_rng([self.seed, 1, step]), B,
+                                                aug["padding"], aug["flip"])
+        rows = slice(p * b, (p + 1) * b)
+        images = augment.apply_crop_flip(
+            self.split.images[index], None if offsets is None else offsets[rows],
+            None if flips is None else flips[rows], aug["padding"])
+        batch = {"image": augment.normalize(images, self.plan.scale, self.plan.bias),
+                 "label": self.split.labels[index].astype(np.int32)}
+        return _maybe_mix(batch, aug, self.plan.info.num_classes, self.seed, step, p)
+
+
+def _files_train(plan: _Plan, split: FileSplit, B: int, b: int, seed: int, start_step: int,
+                 p: int) -> Iterator[Batch]:
+    import tensorflow as tf
+
+    n = len(split.labels)
+    spe = n // B
+    aug = _augment_settings(plan.cfg)
+    size = plan.image_size
+    scale, bias = tf.constant(plan.scale), tf.constant(plan.bias)
+    seed64 = _seed(seed, 4)
+    epoch, first = divmod(start_step, spe)
+    while True:
+        perm = np.random.default_rng([seed, 0, epoch]).permutation(n)
+        steps = np.arange(first, spe)
+        pos = (steps[:, None] * B + p * b + np.arange(b)[None, :]).reshape(-1)
+        index = perm[pos]
+        uid = epoch * spe * B + pos
+
+        def load(path, label, uid_):
+            image = augment.tf_train_image(
+                tf.io.read_file(path), tf.stack([tf.constant(seed64, tf.int64), uid_]),
+                image_size=size, random_resized_crop=aug["rrc"], crop_padding=aug["padding"],
+                flip=aug["flip"])
+            return tf.cast(image, tf.float32) * scale + bias, label
+
+        ds = (tf.data.Dataset.from_tensor_slices((split.paths[index], split.labels[index], uid))
+              .map(load, num_parallel_calls=tf.data.AUTOTUNE)
+              .ignore_errors(log_warning=True)
+              .batch(b, drop_remainder=True)
+              .prefetch(tf.data.AUTOTUNE))
+        for k, (images, labels) in enumerate(ds.as_numpy_iterator()):
+            step = epoch * spe + first + k
+            batch = {"image": images, "label": labels.astype(np.int32)}
+            yield _maybe_mix(batch, aug, plan.info.num_classes, seed, step, p)
+        epoch, first = epoch + 1, 0
+
+
+def _tfds_train(plan: _Plan, split: TfdsSplit, B: int, b: int, seed: int, start_step: int,
+                p: int, P: int) -> Iterator[Batch]:
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    spe = split.num_examples // B
+    aug = _augment_settings(plan.cfg)
+    size = plan.image_size
+    scale, bias = tf.constant(plan.scale), tf.constant(plan.bias)
+    part = tfds.even_splits(split.spec, P)[p] if P > 1 else split.spec
+    buffer = int(min(int(field(plan.cfg, "shuffle_buffer", 50_000)), split.num_examples))
+    seed64 = _seed(seed, 4, p)
+    epoch, first = divmod(start_step, spe)
+    while True:
+        read_config = tfds.ReadConfig(shuffle_seed=_seed(seed, 5, epoch, p) % (2**31))
+        ds = split.builder.as_dataset(split=part, shuffle_files=True, read_config=read_config,
+                                      decoders={"image": tfds.decode.SkipDecoding()})
+        ds = (ds.shuffle(buffer, seed=_seed(seed, 6, epoch, p), reshuffle_each_iteration=False)
+              .take(spe * b).enumerate().skip(first * b))
+        base = epoch * spe * b
+
+        def load(i, ex):
+            image = augment.tf_train_image(
+                ex["image"], tf.stack([tf.constant(seed64, tf.int64), base + i]),
+                image_size=size, random_resized_crop=aug["rrc"], crop_padding=aug["padding"],
+                flip=aug["flip"])
+            return tf.cast(image, tf.float32) * scale + bias, ex["label"]
+
+        ds = (ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
+              .batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+        for k, (images, labels) in enumerate(ds.as_numpy_iterator()):
+            step = epoch * spe + first + k
+            batch = {"image": images, "label": labels.astype(np.int32)}
+            yield _maybe_mix(batch, aug, plan.info.num_classes, seed, step, p)
+        epoch, first = epoch + 1, 0
+
+
+def create_train_iterator(data_cfg: Any, *, global_batch_size: int, seed: int, start_step: int = 0,
+                          process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
+    """Endless host-local training batches: `image` float32 (b, H, W, C), `label` int32 (b,),
+    and `targets` float32 (b, num_classes) when mixup or cutmix is on; b = global / processes.
+
+    Batch s is a function of (seed, s) only: `start_step=k` yields what an uninterrupted
+    iterator yields from step k on.
+    """
+    b = _local_batch(global_batch_size, process_index, process_count)
+    if start_step < 0:
+        raise ValueError(f"start_step={start_step} must be >= 0.")
+    plan = _plan(data_cfg)
+    steps_per_epoch(plan.info, global_batch_size)  # fails clearly when the split is too small
+    train_spec = plan.info.train_split
+    if plan.source.kind == "array":
+        split = _load_array(plan.source, train_spec, plan.image_size)
+        _check_labels(split.labels, plan.info.num_classes, f"Training split {train_spec!r}")
+        batches = _ArrayTrainBatches(plan, split, global_batch_size, b, seed, process_index)
+        return _OrderedMap(batches, itertools.count(start_step))
+    split = plan.source.load(train_spec)
+    if isinstance(split, FileSplit):
+        return _files_train(plan, split, global_batch_size, b, seed, start_step, process_index)
+    return _tfds_train(plan, split, global_batch_size, b, seed, start_step, process_index,
+                       process_count)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def _array_eval_batch(plan: _Plan, split: ArraySplit, B: int, b: int, p: int, s: int) -> Batch:
+    n = len(split.labels)
+    pos = s * B + p * b + np.arange(b)
+    mask = pos < n
+    index = np.where(mask, pos, 0)
+    images = augment.normalize(split.images[index], plan.scale, plan.bias)
+    images[~mask] = 0.0
+    return {"image": images, "label": np.where(mask, split.labels[index], 0).astype(np.int32),
+            "mask": mask.astype(np.float32)}
+
+
+def _files_eval(plan: _Plan, split: FileSplit, B: int, b: int, p: int) -> Iterator[Batch]:
+    import tensorflow as tf
+
+    n = len(split.labels)
+    num_batches = math.ceil(n / B)
+    pos = (np.arange(num_batches)[:, None] * B + p * b + np.arange(b)[None, :]).reshape(-1)
+    mask = pos < n
+    index = np.where(mask, pos, 0)
+    scale, bias = tf.constant(plan.scale), tf.constant(plan.bias)
+    size = plan.image_size
+
+    def load(path, label, m):
+        image = augment.tf_eval_image(tf.io.read_file(path), image_size=size)
+        image = (tf.cast(image, tf.float32) * scale + bias) * m
+        return {"image": image, "label": label * tf.cast(m, tf.int32), "mask": m}
+
+    ds = (tf.data.Dataset.from_tensor_slices(
+        (split.paths[index], split.labels[index], mask.astype(np.float32)))
+        .map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(b).prefetch(tf.data.AUTOTUNE))
+    yield from ds.as_numpy_iterator()
+
+
+def _tfds_eval(plan: _Plan, split: TfdsSplit, b: int, p: int, P: int) -> Iterator[Batch]:
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    part = tfds.even_splits(split.spec, P)[p] if P > 1 else split.spec
+    # even_splits sizes differ by at most one: every process runs ceil(ceil(n / P) / b) batches.
+    num_batches = math.ceil(math.ceil(split.num_examples / P) / b)
+    scale, bias = tf.constant(plan.scale), tf.constant(plan.bias)
+    size = plan.image_size
+
+    def load(ex):
+        image = augment.tf_eval_image(ex["image"], image_size=size)
+        return {"image": tf.cast(image, tf.float32) * scale + bias,
+                "label": tf.cast(ex["label"], tf.int32), "mask": tf.constant(1.0)}
+
+    real = split.builder.as_dataset(split=part, shuffle_files=False,
+                                    decoders={"image": tfds.decode.SkipDecoding()})
+    real = real.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    pad = tf.data.Dataset.from_tensors({
+        "image": tf.zeros((size, size, 3), tf.float32), "label": tf.constant(0, tf.int32),
+        "mask": tf.constant(0.0)}).repeat()
+    ds = real.concatenate(pad).take(num_batches * b).batch(b).prefetch(tf.data.AUTOTUNE)
+    yield from ds.as_numpy_iterator()
+
+
+def create_eval_iterator(data_cfg: Any, split: str, *, global_batch_size: int,
+                         process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
+    """One pass over `split`: host-local batches of `image`, `label` and `mask` (float32, 1 for
+    real examples); the last global batch is padded so every step has the same shape."""
+    b = _local_batch(global_batch_size, process_index, process_count)
+    plan = _plan(data_cfg, splits_to_count=(str(field(data_cfg, "train_split", "train")), split))
+    if plan.source.kind == "array":
+        data = _load_array(plan.source, split, plan.image_size)
+        _check_labels(data.labels, plan.info.num_classes, f"Split {split!r}")
+        batch = functools.partial(_array_eval_batch, plan, data, global_batch_size, b, process_index)
+        return _OrderedMap(batch, range(math.ceil(len(data.labels) / global_batch_size)))
+    data = plan.source.load(split)
+    if isinstance(data, FileSplit):
+        return _files_eval(plan, data, global_batch_size, b, process_index)
+    return _tfds_eval(plan, data, b, process_index, process_count)
+
+
+def num_eval_batches(info: DatasetInfo, split: str, global_batch_size: int) -> int:
+    """Steps of one evaluation pass over `split` (a configured split) at this global batch."""
+    return math.ceil(info.num_examples[split] / global_batch_size)
