@@ -1,0 +1,224 @@
+"""Orbax checkpoints of the train state, with the resolved config, integrity checks and fallback.
+
+Layout: `DIR/checkpoints/<step>/{state,meta}`; `state` is the train state as nested dicts of
+arrays (Orbax/tensorstore, never pickle), `meta` a JSON item with the config, the step, the
+epoch, the elapsed wall time and a CRC32 of every array so that a damaged checkpoint is noticed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zlib
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+CHECKPOINT_SUBDIR = "checkpoints"
+QUARANTINE_SUBDIR = "checkpoints_corrupt"
+FORMAT_VERSION = 1
+
+# Config fields that may change between a run and its resumption: they change how the run is
+# driven, not the model, the data or the optimisation. Any other difference refuses to resume.
+RESUME_SAFE_FIELDS = (
+    "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+    "keep_best_metric", "async_checkpoints", "compilation_cache", "steps_per_dispatch",
+    "parallel", "eval_batch_size", "num_epochs", "total_steps", "data.eval_split",
+    "data.val_split", "data.shuffle_buffer", "data.max_bad_fraction",
+)
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint although the workdir has some, or a stored config conflicts."""
+
+
+def _path_str(path: tuple) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def checksums(tree: Any) -> dict[str, str]:
+    """CRC32, dtype and shape of every array of a host tree, keyed by its path."""
+    out = {}
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        x = np.ascontiguousarray(x)
+        out[_path_str(path)] = f"{zlib.crc32(x.view(np.uint8).reshape(-1)):08x}:{x.dtype}:{x.shape}"
+    return out
+
+
+def _verify(tree: Any, expected: dict[str, str]) -> None:
+    got = checksums(tree)
+    bad = sorted(k for k in expected if got.get(k) != expected[k])
+    missing = sorted(set(expected) - set(got))
+    if bad or missing:
+        raise CheckpointError(
+            f"checksum mismatch in {len(bad)} array(s) (e.g. {', '.join(bad[:3])}): the files "
+            f"were damaged after the save")
+
+
+def flatten_config(d: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists and tuples compare as lists."""
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flatten_config(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: list(d) if isinstance(d, tuple) else d}
+
+
+def config_differences(stored: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """(field, stored value, new value) for every field outside RESUME_SAFE_FIELDS that differs."""
+    a, b = flatten_config(stored), flatten_config(current)
+    return [(k, a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
+            if k not in RESUME_SAFE_FIELDS and a.get(k, "<absent>") != b.get(k, "<absent>")]
+
+
+class CheckpointStore:
+    """An Orbax CheckpointManager that keeps the last `keep` checkpoints plus the best one."""
+
+    def __init__(self, workdir: str, *, keep: int = 3, best_metric: str = "",
+                 async_save: bool = True, read_only: bool = False):
+        if keep < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {keep}.")
+        self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+        policies: list[Any] = [ocp.checkpoint_managers.LatestN(keep)]
+        if best_metric:
+            policies.append(ocp.checkpoint_managers.BestN(
+                get_metric_fn=lambda m: m[best_metric], reverse=best_metric == "loss", n=1,
+                keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
+            cleanup_tmp_directories=not read_only)
+        self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "meta"),
+                                             options=options)
+
+    def steps(self) -> list[int]:
+        """Complete checkpoints (Orbax renames a save into place only once it is written)."""
+        return sorted(self.manager.all_steps())
+
+    def read_meta(self, step: int) -> dict:
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        meta = meta["meta"]
+        if not isinstance(meta, dict) or "config" not in meta or "checksums" not in meta:
+            raise CheckpointError("its meta item lacks the config or checksums")
+        return meta
+
+    def read_state(self, step: int, meta: dict, target: Any | None) -> Any:
+        """The state tree of `step` as numpy arrays, verified against the stored checksums."""
+        args = ocp.args.StandardRestore(target) if target is not None else ocp.args.StandardRestore()
+        tree = self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+        tree = jax.tree.map(np.asarray, tree)
+        _verify(tree, meta["checksums"])
+        return tree
+
+    def save(self, step: int, host_tree: Any, meta: dict, metrics: dict | None = None) -> None:
+        """Starts an (asynchronous) save; metrics, when given, rank it for `keep_best_metric`."""
+        if step in self.manager.all_steps():
+            return
+        meta = dict(meta, step=int(step), format=FORMAT_VERSION, checksums=checksums(host_tree))
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(host_tree), meta=ocp.args.JsonSave(meta)),
+            metrics=metrics, force=True)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+    def quarantine(self, step: int) -> str:
+        """Moves a damaged checkpoint out of the way (kept for inspection, never deleted)."""
+        src = os.path.join(self.directory, str(step))
+        dst_root = os.path.join(os.path.dirname(self.directory), QUARANTINE_SUBDIR)
+        os.makedirs(dst_root, exist_ok=True)
+        dst = os.path.join(dst_root, str(step))
+        n = 1
+        while os.path.exists(dst):
+            dst, n = os.path.join(dst_root, f"{step}.{n}"), n + 1
+        shutil.move(src, dst)
+        self.manager.reload()
+        return dst
+
+
+def newest_readable(store: CheckpointStore, target: Any | None) -> tuple[Any, dict, int, list]:
+    """(state tree, meta, step, [(bad step, reason), ...]) of the newest checkpoint that loads.
+
+    Damaged checkpoints are skipped with a warning naming what was wrong. Raises CheckpointError
+    when checkpoints exist but none loads: a run must never silently start from scratch.
+    """
+    problems: list[tuple[int, str]] = []
+    steps = store.steps()
+    for step in reversed(steps):
+        try:
+            meta = store.read_meta(step)
+            tree = store.read_state(step, meta, target)
+            return tree, meta, step, problems
+        except Exception as e:  # noqa: BLE001 - any failure to read means "damaged", try older
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:400]
+            logging.warning("Checkpoint %s/%d is unreadable (%s); falling back to the previous "
+                            "complete checkpoint.", store.directory, step, reason)
+            print(f"WARNING: checkpoint step {step} in {store.directory} is unreadable "
+                  f"({reason}); trying the previous one.", flush=True)
+            problems.append((step, reason))
+    if steps:
+        details = "; ".join(f"step {s}: {r}" for s, r in problems)
+        raise CheckpointError(
+            f"{store.directory} holds checkpoints (steps {steps}) but none could be read "
+            f"({details}). Refusing to start from scratch over them: move that directory away "
+            f"or use another --workdir.")
+    return None, {}, -1, problems
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+    """Steps of the complete checkpoints in `workdir` ([] when there are none)."""
+    if not os.path.isdir(os.path.join(workdir, CHECKPOINT_SUBDIR)):
+        return []
+    return CheckpointStore(workdir, read_only=True).steps()
+
+
+def load_latest(workdir: str, use_ema: bool = True) -> tuple[dict, dict, int]:
+    """(variables {'params', 'batch_stats'}, config dict, step) of the newest good checkpoint.
+
+    For tools (evaluation, prediction, filter plots). Uses the EMA of the parameters when the
+    run kept one and `use_ema`. Raises FileNotFoundError when `workdir` has no checkpoint.
+    """
+    if not checkpoint_steps(workdir):
+        raise FileNotFoundError(
+            f"No checkpoint in {os.path.join(workdir, CHECKPOINT_SUBDIR)}: train first with "
+            f"`python launch.py --config=... --workdir={workdir}`.")
+    store = CheckpointStore(workdir, read_only=True)
+    tree, meta, step, _ = newest_readable(store, None)
+    params = tree["ema_params"] if use_ema and "ema_params" in tree else tree["params"]
+    variables = {"params": params, "batch_stats": tree.get("batch_stats", {})}
+    return variables, meta["config"], step
+
+
+def read_json(path: str) -> dict | None:
+    """A JSON file's object, or None when it is missing or unreadable."""
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+        return obj if isinstance(obj, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Writes JSON atomically (temporary file, then rename)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, (np.generic, np.ndarray)):
+        return x.tolist()
+    if isinstance(x, tuple):
+        return list(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")

@@ -1,0 +1,125 @@
+"""Launches an experiment: train (default), evaluate, predict, or run a sweep.
+
+    python launch.py --config=experiments/NAME.py[:ARGS] --workdir=DIR [--config.a.b=V ...]
+    python launch.py --config=... --workdir=DIR --mode=eval        # -> DIR/eval_metrics.json
+    python launch.py --config=... --workdir=DIR --mode=predict --images=a.jpg,b.png
+    python launch.py --config=experiments/SWEEP.py --workdir=DIR --sweep [--sweep_parallel=N]
+
+Re-running a train command resumes from the newest good checkpoint in DIR.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. experiments/x.py:arg=1",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
+                  "train (evaluates periodically), eval (newest checkpoint on data.eval_split), "
+                  "predict (top-5 classes of --images).")
+flags.DEFINE_bool("force", False, "Resume even though the stored config differs on model/data.")
+flags.DEFINE_list("images", [], "Image files for --mode=predict.")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (one process per host).")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 "
+                    "(default: $JAX_COORDINATOR_ADDRESS or the cluster's own discovery).")
+flags.DEFINE_integer("num_processes", None, "Multi-host: process count ($JAX_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index ($JAX_PROCESS_ID).")
+flags.DEFINE_bool("sweep", False, "Run every point of the experiment's get_sweep() in DIR/<point>.")
+flags.DEFINE_bool("sweep_dry_run", False, "Print one launch command per sweep point.")
+flags.DEFINE_integer("sweep_parallel", 1, "Sweep points run at once (processes).")
+flags.mark_flag_as_required("workdir")
+
+
+
+def check_config_arg(argv: list[str]) -> None:
+    """Fails early, listing the experiments, when --config names no existing file."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        else:
+            continue
+        path = value.split(":", 1)[0]
+        if not os.path.isfile(path):
+            root = os.path.dirname(path) or "experiments"
+            names = sorted(glob.glob(os.path.join(root, "*.py")))
+            names = [n for n in names if not os.path.basename(n).startswith("_")]
+            close = difflib.get_close_matches(path, names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            sys.exit(f"ERROR: experiment file {path!r} not found. Experiments in {root}/: "
+                     f"{', '.join(os.path.basename(n) for n in names) or '(none)'}.{hint}")
+        return
+    sys.exit("ERROR: --config=experiments/NAME.py is required.")
+
+
+def config_overrides(argv: list[str]) -> list[str]:
+    """The --config.a.b=V flags of the command line (for sweeps to pass on to every point)."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config.") or arg.startswith("--noconfig."):
+            if "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                arg = f"{arg}={argv[i + 1]}"
+            out.append(arg)
+    return out
+
+
+def multihost_requested() -> bool:
+    """--multihost, or a launcher that set JAX's coordinator variables."""
+    return bool(FLAGS.multihost or FLAGS.coordinator_address
+                or os.environ.get("JAX_COORDINATOR_ADDRESS"))
+
+
+def init_distributed() -> None:
+    import jax
+    num = FLAGS.num_processes or os.environ.get("JAX_NUM_PROCESSES")
+    pid = FLAGS.process_id if FLAGS.process_id is not None else os.environ.get("JAX_PROCESS_ID")
+    jax.distributed.initialize(
+        coordinator_address=FLAGS.coordinator_address,
+        num_processes=int(num) if num is not None else None,
+        process_id=int(pid) if pid is not None else None)
+    print(f"jax.distributed: process {jax.process_index()}/{jax.process_count()}, "
+          f"{jax.local_device_count()} local of {jax.device_count()} devices", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax and JAX are chatty at INFO
+    if FLAGS.sweep or FLAGS.sweep_dry_run:
+        from cnn_jax import sweep
+        return sweep.main(FLAGS["config"].config_filename, FLAGS.workdir,
+                          dry_run=FLAGS.sweep_dry_run, parallel=FLAGS.sweep_parallel,
+                          overrides=config_overrides(sys.argv))
+    if multihost_requested():
+        init_distributed()
+    from cnn_jax import train
+    config = FLAGS.config
+    try:
+        if FLAGS.mode == "train":
+            results = train.train_and_evaluate(config, FLAGS.workdir, force=FLAGS.force)
+            return 0 if results.get("status") in ("finished", "preempted") else 1
+        if FLAGS.mode == "eval":
+            train.evaluate_checkpoint(config, FLAGS.workdir)
+            return 0
+        train.predict(config, FLAGS.workdir, FLAGS.images)
+        return 0
+    except (ValueError, FileNotFoundError, FloatingPointError, train.CheckpointError) as e:
+        if os.environ.get("CNN_JAX_TRACEBACK"):
+            raise
+        print(f"ERROR: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    check_config_arg(sys.argv)
+    app.run(main)

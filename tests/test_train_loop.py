@@ -1,0 +1,245 @@
+"""The training loop end to end, in process: outputs, exact resume, evaluation, bad input.
+
+Tiny MLP (with BN, dropout and an EMA, so every part of the state matters) on synthetic data.
+"""
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from cnn_jax.train import checkpoint as ckpt
+from cnn_jax.train import loop
+from cnn_jax.train.metrics import read_jsonl
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: experiments/
+from experiments.default import get_default_config  # noqa: E402
+
+STEPS = 12  # 6 steps per epoch: 96 training examples, batch 16
+
+
+def tiny_config(**fields):
+    c = get_default_config()
+    c.model.name = "mlp"
+    c.model.hidden_sizes = (16,)
+    c.model.norm = "batch"
+    c.model.dropout = 0.1
+    c.data.name = "synthetic"
+    c.data.synthetic_shape = (6, 6, 3)
+    c.data.synthetic_num_classes = 5
+    c.data.synthetic_num_examples = 96      # test split: 96 // 4 = 24 examples
+    c.batch_size = 16
+    c.total_steps = STEPS
+    c.log_every_steps = 3
+    c.eval_every_steps = 6
+    c.checkpoint_every_steps = 6
+    c.ema_decay = 0.9
+    c.optim.lr = 0.05
+    c.async_checkpoints = True
+    c.compilation_cache = False
+    for key, value in fields.items():
+        node = c
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return c
+
+
+def params_of(workdir):
+    variables, _, step = ckpt.load_latest(str(workdir), use_ema=False)
+    return jax.tree.leaves(variables), step
+
+
+def assert_bitwise_equal(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run that several tests compare against."""
+    workdir = tmp_path_factory.mktemp("reference")
+    results = loop.train_and_evaluate(tiny_config(), str(workdir))
+    return workdir, results
+
+
+def test_outputs_of_a_run(reference):
+    workdir, results = reference
+    for name in ("config.json", "metrics.jsonl", "results.json"):
+        assert (workdir / name).is_file(), name
+    assert list((workdir / "tensorboard" / "train").glob("events.out.tfevents.*"))
+    assert ckpt.checkpoint_steps(str(workdir)) == [6, 12]
+    assert json.loads((workdir / "config.json").read_text())["model"]["name"] == "mlp"
+
+    records = read_jsonl(str(workdir / "metrics.jsonl"))
+    train = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train] == [3, 6, 9, 12]
+    for r in train:
+        assert {"step", "epoch", "split", "loss", "top1", "top5", "lr", "img_per_s",
+                "wall_time", "grad_norm"} <= set(r)
+        assert 0.0 <= r["top1"] <= r["top5"] <= 1.0
+    assert train[-1]["epoch"] == pytest.approx(2.0)
+    test = [r for r in records if r["split"] == "test"]
+    assert [r["step"] for r in test] == [6, 12]
+    assert all(r["num_examples"] == 24 for r in test)
+
+    saved = json.loads((workdir / "results.json").read_text())
+    assert saved["status"] == "finished" and saved["step"] == STEPS
+    assert saved["final"]["test"]["num_examples"] == 24
+    assert saved["final"]["test"]["top1"] == pytest.approx(test[-1]["top1"])
+    assert saved["final"]["train"]["loss"] == pytest.approx(train[-1]["loss"])
+    assert saved["params"] == sum(np.size(x) for x in params_of(workdir)[0]) - 2 * 16
+    assert saved["config"]["batch_size"] == 16 and saved["wall_time_s"] > 0
+    assert results["final"] == saved["final"]
+
+
+def test_same_seed_same_bits_and_crash_resume_is_exact(reference, tmp_path):
+    ref_dir, _ = reference
+    run = tmp_path / "run"
+    loop.train_and_evaluate(tiny_config(), str(run))
+    assert_bitwise_equal(params_of(run)[0], params_of(ref_dir)[0])
+
+    # A crash after step 9 was logged but before checkpoint 12 was written.
+    shutil.rmtree(run / "checkpoints" / "12")
+    (run / "results.json").unlink()
+    loop.train_and_evaluate(tiny_config(), str(run))
+    leaves, step = params_of(run)
+    assert step == STEPS
+    assert_bitwise_equal(leaves, params_of(ref_dir)[0])
+    steps = [(r["split"], r["step"]) for r in read_jsonl(str(run / "metrics.jsonl"))]
+    assert steps == [(r["split"], r["step"]) for r in read_jsonl(str(ref_dir / "metrics.jsonl"))]
+
+    # Re-running a finished run does no work and reports the same results.
+    again = loop.train_and_evaluate(tiny_config(), str(run))
+    assert again["status"] == "finished" and again["step"] == STEPS
+
+
+def test_eval_mode_counts_every_example_once(reference):
+    workdir, _ = reference
+    out = loop.evaluate_checkpoint(tiny_config(eval_batch_size=10), str(workdir))  # 24 = 10+10+4
+    saved = json.loads((workdir / "eval_metrics.json").read_text())
+    assert saved["num_examples"] == out["num_examples"] == 24
+    assert {"top1", "top5", "loss"} <= set(saved) and 0 <= saved["top1"] <= saved["top5"] <= 1
+    final = json.loads((workdir / "results.json").read_text())["final"]["test"]
+    assert saved["top1"] == pytest.approx(final["top1"])
+    assert saved["loss"] == pytest.approx(final["loss"], rel=1e-5)
+
+
+def test_predict_prints_top5_with_probabilities(reference, tmp_path, capsys):
+    from PIL import Image
+    workdir, _ = reference
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (9, 7, 3), np.uint8)).save(path)
+        paths.append(str(path))
+    out = loop.predict(tiny_config(), str(workdir), paths)
+    assert [o["image"] for o in out] == paths
+    for o in out:
+        probs = [t["prob"] for t in o["top"]]
+        assert len(probs) == 5 and probs == sorted(probs, reverse=True)
+        assert sum(probs) == pytest.approx(1.0, abs=1e-5)  # 5 classes: top-5 is everything
+        assert all(t["class"].startswith("class_") for t in o["top"])
+    printed = capsys.readouterr().out
+    assert "img0.png" in printed and "%" in printed
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        loop.predict(tiny_config(), str(workdir), [str(tmp_path / "missing.png")])
+
+
+def test_changed_config_is_refused_unless_forced(reference, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(reference[0], run)
+    with pytest.raises(ckpt.CheckpointError) as e:
+        loop.train_and_evaluate(tiny_config(**{"optim.lr": 0.5, "model.hidden_sizes": (8,)}),
+                                str(run))
+    assert "optim.lr" in str(e.value) and "model.hidden_sizes" in str(e.value)
+    assert "--force" in str(e.value)
+    # Fields that only drive the run (cadence, length) may change; the run continues.
+    results = loop.train_and_evaluate(tiny_config(**{"optim.lr": 0.5, "total_steps": 15}),
+                                      str(run), force=True)
+    assert results["step"] == 15
+    assert "optim.lr" in capsys.readouterr().out
+    # A model change cannot be forced into the old arrays: a clear error, not a crash.
+    with pytest.raises(ValueError, match="does not fit"):
+        loop.train_and_evaluate(tiny_config(**{"model.hidden_sizes": (8,), "total_steps": 18}),
+                                str(run), force=True)
+
+
+def _data_files(step_dir):
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in str(p)]
+    assert files, f"no array files under {step_dir}"
+    return files
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_damaged_newest_checkpoint_falls_back_with_warning(reference, tmp_path, capsys, damage):
+    run = tmp_path / "run"
+    shutil.copytree(reference[0], run)
+    (run / "results.json").unlink()
+    for path in _data_files(run / "checkpoints" / "12"):
+        data = path.read_bytes()
+        if damage == "truncate":
+            path.write_bytes(data[: len(data) // 2])
+        elif damage == "flip":
+            path.write_bytes(data[:-20] + bytes(b ^ 0xFF for b in data[-20:]))
+        else:
+            path.unlink()
+    results = loop.train_and_evaluate(tiny_config(), str(run))
+    out = capsys.readouterr().out
+    assert "checkpoint step 12" in out and "unreadable" in out
+    assert "Resuming from checkpoint step 6" in out
+    assert (run / "checkpoints_corrupt" / "12").is_dir()
+    assert results["step"] == STEPS
+    assert_bitwise_equal(params_of(run)[0], params_of(reference[0])[0])
+
+
+def test_no_readable_checkpoint_never_starts_from_scratch(reference, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference[0], run)
+    for step in (6, 12):
+        (run / "checkpoints" / str(step) / "meta" / "metadata").write_text("{not json")
+    with pytest.raises(ckpt.CheckpointError, match="none could be read"):
+        loop.train_and_evaluate(tiny_config(), str(run))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    config = tiny_config(**{"optim.lr": 1e35, "optim.schedule": "constant", "ema_decay": 0.0,
+                            "log_every_steps": 1, "checkpoint_every_steps": 1,
+                            "optim.weight_decay": 0.0})
+    with pytest.raises(loop.NonFiniteLossError) as e:
+        loop.train_and_evaluate(config, str(tmp_path))
+    steps = ckpt.checkpoint_steps(str(tmp_path))
+    assert steps, "the good checkpoints before the blow-up are kept"
+    assert f"Last good checkpoint: step {steps[-1]}" in str(e.value)
+    bad_step = int(str(e.value).split(" at step ")[1].split()[0])
+    assert steps[-1] < bad_step
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("field,value,expect", [
+    ("model.name", "lenet", "lenet5"),
+    ("data.name", "fashion_mnst", "fashion_mnist"),
+    ("optim.name", "sgdd", "sgd"),
+    ("parallel", "pmapp", "pmap"),
+])
+def test_unknown_names_list_the_closest_match(tmp_path, field, value, expect):
+    with pytest.raises(ValueError) as e:
+        loop.train_and_evaluate(tiny_config(**{field: value}), str(tmp_path))
+    assert value in str(e.value) and expect in str(e.value)
+    assert not ckpt.checkpoint_steps(str(tmp_path))
+
+
+def test_bad_numbers_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="batch_size"):
+        loop.train_and_evaluate(tiny_config(batch_size=0), str(tmp_path))
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        loop.train_and_evaluate(tiny_config(batch_size=128), str(tmp_path))
+    with pytest.raises(ValueError, match="keep_best_metric"):
+        loop.train_and_evaluate(tiny_config(keep_best_metric="acc"), str(tmp_path))
