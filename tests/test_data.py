@@ -583,3 +583,16 @@ def test_cli_error_is_one_line_not_a_traceback(tmp_path, idx_dir):
     out = _cli("fashion_mnist", f"--path={idx_dir}", "--split=valid", f"--cache_dir={tmp_path / 'c'}")
     assert out.returncode == 1
     assert out.stderr.startswith("error: Split 'valid'") and "Traceback" not in out.stderr
+
+
+def test_cifar10_tree_reads_a_test_split_the_same_way(tmp_path):
+    root = tmp_path / "cifar"
+    _write_tree(root, {"train": {"airplane": 6, "cat": 6}, "test": {"airplane": 2, "cat": 3}},
+                size=(32, 32), ext=".jpg")
+    cfg = _cfg(tmp_path, name="cifar10", path=str(root), eval_split="test", normalize="published")
+    info = data.get_info(cfg)
+    assert info.num_examples == {"train": 12, "test": 5} and info.mean == (0.4914, 0.4822, 0.4465)
+    batches = list(data.create_eval_iterator(cfg, "test", global_batch_size=4))
+    assert [b["image"].shape for b in batches] == [(4, 32, 32, 3)] * 2
+    labels = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
+    assert sorted(labels.tolist()) == [0, 0, 1, 1, 1]

@@ -9,6 +9,7 @@ only header-checked, and the checked file index is cached.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import warnings
@@ -74,7 +75,22 @@ def _image_files(class_dir: Path) -> list[str]:
     )
 
 
-def list_files(root: str | os.PathLike, split: str, class_names: list[str]) -> tuple[list[str], np.ndarray]:
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """The image files of one split (class folder order, then name order) and their labels."""
+    root: str
+    split: str
+    class_names: list[str]
+    files: list[str]
+    labels: np.ndarray
+    key: str  # fingerprint of names, sizes and modification times
+
+    @property
+    def where(self) -> str:
+        return str(Path(self.root) / self.split)
+
+
+def list_files(root: str | os.PathLike, split: str, class_names: list[str]) -> Listing:
     """All image files of a split (class folder order, then name order) and their labels.
 
     Labels index `class_names` (the training split's classes): a class folder that is not among
@@ -102,7 +118,8 @@ def list_files(root: str | os.PathLike, split: str, class_names: list[str]) -> t
             )
         files.extend(found)
         labels.extend([index[name]] * len(found))
-    return files, np.asarray(labels, np.int32)
+    return Listing(str(root), split, list(class_names), files, np.asarray(labels, np.int32),
+                   cache.file_fingerprint(files))
 
 
 def stratified_order(labels: np.ndarray) -> np.ndarray:
@@ -189,23 +206,15 @@ def center_crop_resize_tf(image, size: int, crop_fraction: float = 1.0):
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
-def decode_split(
-    root: str | os.PathLike,
-    split: str,
-    class_names: list[str],
-    *,
-    cache_dir: Path,
-    max_bad_fraction: float,
-    image_size: int = -1,
-) -> tuple[np.ndarray, np.ndarray]:
+def decode_split(listing: Listing, *, cache_dir: Path, max_bad_fraction: float,
+                 image_size: int = -1) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, H, W, C) uint8 and labels (N,) of a split, stratified order, cached as .npz.
 
     All images must share one size unless `image_size` > 0 (then each is center-cropped to a
     square and resized). Unreadable files are skipped with a warning (error past the fraction).
     """
-    files, labels = list_files(root, split, class_names)
-    where = str(Path(root) / split)
-    key = cache.fingerprint([DECODE_VERSION, image_size, class_names, cache.file_fingerprint(files)])
+    files, labels, where, split = listing.files, listing.labels, listing.where, listing.split
+    key = cache.fingerprint([DECODE_VERSION, image_size, listing.class_names, listing.key])
     path = cache_dir / f"{split}-decoded-{key}.npz"
     cached = cache.read_arrays(path)
     if cached is not None:
@@ -248,22 +257,15 @@ def _readable(path: str) -> bool:
         return False
 
 
-def scan_split(
-    root: str | os.PathLike,
-    split: str,
-    class_names: list[str],
-    *,
-    cache_dir: Path,
-    max_bad_fraction: float,
-) -> tuple[np.ndarray, np.ndarray]:
+def scan_split(listing: Listing, *, cache_dir: Path, max_bad_fraction: float
+               ) -> tuple[np.ndarray, np.ndarray]:
     """File paths and labels of a split (stratified order) whose headers parse; cached index.
 
     Used for trees streamed with tf.data: only image headers are read here, so a file whose header
     parses but whose data is broken is dropped (with a log line) by the streaming pipeline.
     """
-    files, labels = list_files(root, split, class_names)
-    where = str(Path(root) / split)
-    key = cache.fingerprint([DECODE_VERSION, class_names, cache.file_fingerprint(files)])
+    files, labels, where, split = listing.files, listing.labels, listing.where, listing.split
+    key = cache.fingerprint([DECODE_VERSION, listing.class_names, listing.key])
     path = cache_dir / f"{split}-index-{key}.npz"
     cached = cache.read_arrays(path)
     if cached is not None:

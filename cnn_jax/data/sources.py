@@ -106,7 +106,7 @@ class Source:
         load_base: Callable[[str], tuple[np.ndarray, np.ndarray]] | None,
         shape: tuple,
         cache_dir: Path | None,
-        fingerprint: str,
+        fingerprint: str | Callable[[], str],
         published: str | None,
         builder: Any = None,
         base_sizes: Mapping[str, int] | None = None,
@@ -115,13 +115,20 @@ class Source:
         self.class_names = list(class_names)
         self.shape = tuple(shape)
         self.cache_dir = cache_dir
-        self.fingerprint = fingerprint
+        self._fingerprint = fingerprint
         self.published = published
         self.builder = builder
         self._load_base = load_base
         self._loaded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.sizes: Mapping[str, int] = base_sizes or _LazySizes(
             split_names, lambda s: len(self._base(s)[1]))
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever the data (or how it is decoded) changes; keys the stats cache."""
+        if callable(self._fingerprint):
+            self._fingerprint = self._fingerprint()
+        return self._fingerprint
 
     @property
     def num_classes(self) -> int:
@@ -206,15 +213,6 @@ def _idx_source(cfg: Any, name: str, directory: str) -> Source:
     )
 
 
-def _tree_fingerprint(root: str, split_names: list[str], class_names: list[str]) -> str:
-    """Changes when any file of the tree, the class list or the decoder changes."""
-    files = sorted(
-        os.path.join(dirpath, f)
-        for s in split_names for dirpath, _, names in os.walk(os.path.join(root, s)) for f in names)
-    return cache.fingerprint([image_tree.DECODE_VERSION, root, class_names,
-                              cache.file_fingerprint(files)])
-
-
 def _tree_source(cfg: Any, name: str, root: str, kind: str, published: str | None) -> Source:
     train = splits.split_names(field(cfg, "train_split", "train"))
     split_names = image_tree.list_splits(root)
@@ -230,20 +228,31 @@ def _tree_source(cfg: Any, name: str, root: str, kind: str, published: str | Non
     cache_dir = _cache_dir(cfg, root)
     image_size = int(field(cfg, "image_size", -1))
     max_bad = float(field(cfg, "max_bad_fraction", 0.01))
+    listings: dict[str, image_tree.Listing] = {}
+
+    def listing(split: str) -> image_tree.Listing:
+        if split not in listings:
+            listings[split] = image_tree.list_files(root, split, class_names)
+        return listings[split]
+
     if kind == "array":
         def load(split: str) -> tuple[np.ndarray, np.ndarray]:
-            return image_tree.decode_split(root, split, class_names, cache_dir=cache_dir,
+            return image_tree.decode_split(listing(split), cache_dir=cache_dir,
                                            max_bad_fraction=max_bad, image_size=image_size)
         shape = None  # known after decoding
     else:
         def load(split: str) -> tuple[np.ndarray, np.ndarray]:
-            return image_tree.scan_split(root, split, class_names, cache_dir=cache_dir,
+            return image_tree.scan_split(listing(split), cache_dir=cache_dir,
                                          max_bad_fraction=max_bad)
         shape = (None, None, 3)
+
+    def fingerprint() -> str:  # of the training split(s): the statistics come from them
+        return cache.fingerprint([image_tree.DECODE_VERSION, root, image_size, class_names]
+                                 + [listing(s).key for s in train])
     source = Source(
         name=name, kind=kind, origin=f"image tree {root}", class_names=class_names,
         split_names=split_names, load_base=load, shape=shape or (None, None, None),
-        cache_dir=cache_dir, fingerprint=_tree_fingerprint(root, split_names, class_names),
+        cache_dir=cache_dir, fingerprint=fingerprint,
         published=published,
     )
     if shape is None:
