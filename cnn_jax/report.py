@@ -53,7 +53,8 @@ def _read_json(path: Path) -> dict | None:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Rows of metrics.jsonl; a torn last line (run killed mid-write) is skipped."""
+    """Rows of metrics.jsonl; a torn last line (run killed mid-write) is skipped, and a step
+    logged twice (before a kill and again after resuming) keeps its newest row."""
     if not path.is_file():
         return []
     rows = []
@@ -69,7 +70,9 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             raise ValueError(f"{path}, line {i + 1}: not valid JSON: {line[:80]!r}") from None
         if isinstance(row, dict):
             rows.append(row)
-    return rows
+    # A resumed run logs again the steps after its last checkpoint: keep the newest of each.
+    newest = {(r.get("split"), r.get("step")): i for i, r in enumerate(rows)}
+    return [r for i, r in enumerate(rows) if newest[(r.get("split"), r.get("step"))] == i]
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -227,7 +230,7 @@ def _cell(value: Any, column: str) -> str:
         if column in ("params", "macs"):
             return f"{value:.4g}"
         if column in ("epochs",):
-            return f"{value:g}"
+            return f"{value:.3g}"
         return f"{value:.1f}"
     if isinstance(value, int) and not isinstance(value, bool) and column in ("params", "macs"):
         return _human(value)

@@ -12,7 +12,7 @@ batch 128, SGD momentum 0.9, cosine decay, weight decay 5e-4, 4-pixel pad-crop a
 peak learning rate differs (0.1 CNN, 0.01 MLP, each net's usual stable value).
 
 Args: runlocal, data=cifar10|synthetic, epochs=30, nets=mlp+cnn (the sweep axis), net (set per
-point). Data: $CNN_JAX_CIFAR10 or ~/data/cifar10-jpeg (see experiments/cifar10_common.py).
+point), cnn=resnet20 (the registry name of the CNN; e.g. lenet5 for the lecture's smallest one). Data: $CNN_JAX_CIFAR10 or ~/data/cifar10-jpeg (see experiments/cifar10_common.py).
 """
 
 from cnn_jax.sweep import parse_arg, product
@@ -23,7 +23,8 @@ NETS = ("mlp", "cnn")
 
 
 def _args(arg):
-    return parse_arg(arg, runlocal=False, data="cifar10", epochs=30, nets=NETS, net="cnn")
+    return parse_arg(arg, runlocal=False, data="cifar10", epochs=30, nets=NETS, net="cnn",
+                     cnn="resnet20")
 
 
 def get_config(arg=None):
@@ -39,7 +40,7 @@ def get_config(arg=None):
         c.model.hidden_sizes = (1024, 512)
         c.optim.lr = 0.01
     else:
-        c.model.name = "resnet20"
+        c.model.name = a.cnn
         c.optim.lr = 0.1
     cifar10_common.set_data(c, a.data, a.runlocal)
     return c

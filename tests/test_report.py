@@ -199,3 +199,12 @@ def test_filter_grid_normalises_each_kernel_and_keeps_rgb():
     assert not np.allclose(tile0[..., 0], tile0[..., 1])  # colour kept
     grey = report.filter_grid(rng.normal(size=(3, 3, 1, 4)))
     assert np.allclose(grey[..., 0], grey[..., 2])
+
+
+def test_steps_logged_again_after_a_resume_keep_the_newest_row(tmp_path):
+    _make_run(tmp_path / "r", [0.5, 0.6], [0.5, 0.6], finished=False)
+    with open(tmp_path / "r" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 20, "epoch": 2.0, "split": "val", "top1": 0.7}) + "\n")
+    rows = report.read_metrics(tmp_path / "r" / "metrics.jsonl")
+    val = [r for r in rows if r["split"] == "val"]
+    assert [r["step"] for r in val] == [10, 20] and val[-1]["top1"] == 0.7
