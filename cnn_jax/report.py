@@ -483,8 +483,8 @@ def plot_filters(run_dir: str | Path, out: str | Path | None = None) -> Path:
     from cnn_jax.train import checkpoint
 
     run_dir = Path(run_dir)
-    variables, _, step = checkpoint.load_latest(str(run_dir))
-    name, kernel = first_conv_kernel(variables["params"], _module_order(run_dir, variables))
+    variables, config, step = checkpoint.load_latest(str(run_dir))
+    name, kernel = first_conv_kernel(variables["params"], _module_order(config, variables))
     plt = _pyplot()
     kh, kw, cin, cout = kernel.shape
     grid = filter_grid(kernel)
@@ -492,7 +492,7 @@ def plot_filters(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(scale, scale * grid.shape[0] / grid.shape[1] + 0.6))
     ax.imshow(grid, interpolation="nearest")
     ax.set_axis_off()
-    ax.set_title(f"{run_dir.name}: {name} ({cout} kernels {kh}x{kw}x{cin}, step {step})",
+    ax.set_title(f"{run_dir.name}: {name}\n{cout} kernels {kh}x{kw}x{cin}, step {step}",
                  fontsize=9)
     out = Path(out) if out else run_dir / "filters.png"
     fig.tight_layout()
@@ -501,10 +501,10 @@ def plot_filters(run_dir: str | Path, out: str | Path | None = None) -> Path:
     return out
 
 
-def _module_order(run_dir: Path, variables: dict) -> list[str]:
+def _module_order(config: dict, variables: dict) -> list[str]:
     """Module paths in call order, when the model can be rebuilt (else [] and a heuristic)."""
     try:
-        model, _, shape, _ = _rebuild(run_dir)
+        model, _, shape, _ = _rebuild(config)
     except Exception:  # the filter plot does not need the model; fall back to the heuristic
         return []
     import jax.numpy as jnp
@@ -513,14 +513,13 @@ def _module_order(run_dir: Path, variables: dict) -> list[str]:
     return [path for path, _, _ in calls]
 
 
-def _rebuild(run_dir: Path):
-    """(model, data info, input shape (H, W, C)) of a run, from its checkpoint's config."""
+def _rebuild(config: dict):
+    """(model, data info, input shape (H, W, C), config) of a run, from its checkpoint's config."""
     import ml_collections
 
     from cnn_jax import data as data_lib
-    from cnn_jax.train import checkpoint, loop
+    from cnn_jax.train import loop
 
-    _, config, _ = checkpoint.load_latest(str(run_dir))
     config = ml_collections.ConfigDict(config)
     info = data_lib.get_info(config.data)
     model = loop.build_model(config, int(info.num_classes))
@@ -546,56 +545,66 @@ def _trace(model, variables: dict, x) -> tuple[list[tuple[str, str, Any]], Any]:
     return [tuple(c) for c in calls], logits
 
 
-def plot_feature_maps(run_dir: str | Path, image: str | Path, num_layers: int = 4,
-                      max_maps: int = 16, out: str | Path | None = None) -> Path:
-    """Draws the first `num_layers` conv layers' activations for one image: feature_maps.png.
+def first_layer_activations(run_dir: str | Path, image: str | Path, num_layers: int = 4
+                            ) -> dict[str, Any]:
+    """The first `num_layers` conv layers' outputs for one image, from the newest checkpoint.
 
     A layer is a ConvBlock (conv -> norm -> activation) when the model has them, else a conv.
-    Each map is min-max scaled on its own; the input is shown as the model sees it (normalised).
+    Returns {'layers': [(module path, (H, W, C) array)], 'input', 'prediction', 'step'}.
     """
     import jax.numpy as jnp
     import numpy as np
 
     from cnn_jax.train import checkpoint, loop
 
-    if num_layers < 1 or max_maps < 1:
-        raise ValueError(f"--num_layers={num_layers} and --max_maps={max_maps} must be >= 1")
+    if num_layers < 1:
+        raise ValueError(f"--num_layers={num_layers} must be >= 1")
     run_dir = Path(run_dir)
-    variables, _, step = checkpoint.load_latest(str(run_dir))
-    model, info, shape, config = _rebuild(run_dir)
+    variables, config, step = checkpoint.load_latest(str(run_dir))
+    model, info, shape, config = _rebuild(config)
     mean = std = None
     if config.data.get("normalize", "train_stats") != "none":
         mean, std = getattr(info, "mean", None), getattr(info, "std", None)
     x = loop.load_image(str(image), shape, mean, std)
     calls, logits = _trace(model, variables, jnp.asarray(x[None]))
-    four_d = [(p, c, np.asarray(o)) for p, c, o in calls
+    four_d = [(p, c, np.asarray(o)[0]) for p, c, o in calls
               if hasattr(o, "ndim") and o.ndim == 4 and o.shape[0] == 1]
     layers = [t for t in four_d if t[1] == "ConvBlock"] or [t for t in four_d if "Conv" in t[1]]
     if not layers:
         raise ValueError(f"{run_dir}: the model ({config.model.name}) has no convolution "
                          "layer, so there are no feature maps to draw")
-    layers = layers[:num_layers]
-    cols = min(max_maps, max(o.shape[-1] for _, _, o in layers))
+    pred = int(np.argmax(np.asarray(logits)[0]))
+    names = list(getattr(info, "class_names", None) or [])
+    return {"layers": [(p or c, o) for p, c, o in layers[:num_layers]], "input": x,
+            "prediction": names[pred] if pred < len(names) else str(pred), "step": step}
+
+
+def plot_feature_maps(run_dir: str | Path, image: str | Path, num_layers: int = 4,
+                      max_maps: int = 16, out: str | Path | None = None) -> Path:
+    """Draws the first layers' activations for one image into feature_maps.png (each map min-max
+    scaled on its own; the input shown as the model sees it, after normalisation)."""
+    if max_maps < 1:
+        raise ValueError(f"--max_maps={max_maps} must be >= 1")
+    run_dir = Path(run_dir)
+    acts = first_layer_activations(run_dir, image, num_layers)
+    layers, x = acts["layers"], acts["input"]
+    cols = min(max_maps, max(o.shape[-1] for _, o in layers))
     plt = _pyplot()
-    fig, axes = plt.subplots(len(layers) + 1, cols, figsize=(1.2 * cols + 1, 1.3 * (len(layers) + 1)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(layers) + 1, cols, squeeze=False,
+                             figsize=(1.2 * cols + 1, 1.3 * (len(layers) + 1)))
     for ax in axes.flat:
         ax.set_axis_off()
     shown = (x - x.min()) / max(float(x.max() - x.min()), 1e-12)
-    axes[0, 0].imshow(shown if shape[-1] == 3 else shown[..., 0], cmap="gray")
-    pred = int(np.argmax(np.asarray(logits)[0]))
-    names = list(getattr(info, "class_names", None) or [])
-    axes[0, 0].set_title(f"input -> {names[pred] if pred < len(names) else pred}", fontsize=7,
-                         loc="left")
-    for row, (path, cls, o) in enumerate(layers, start=1):
-        maps = o[0]
+    axes[0, 0].imshow(shown if x.shape[-1] == 3 else shown[..., 0], cmap="gray")
+    axes[0, 0].set_title(f"input -> {acts['prediction']}", fontsize=7, loc="left")
+    for row, (path, maps) in enumerate(layers, start=1):
         for j in range(min(cols, maps.shape[-1])):
             m = maps[..., j]
             axes[row, j].imshow((m - m.min()) / max(float(m.max() - m.min()), 1e-12),
                                 cmap="viridis", interpolation="nearest")
-        axes[row, 0].set_title(f"{path or cls} {tuple(maps.shape)}", fontsize=7, loc="left")
+        axes[row, 0].set_title(f"{path} {tuple(maps.shape)}", fontsize=7, loc="left")
     fig.suptitle(f"{run_dir.name}: first {len(layers)} layers' activations for "
-                 f"{Path(image).name} (step {step})", fontsize=9)
+                 f"{Path(image).name} (step {acts['step']})", fontsize=9)
     out = Path(out) if out else run_dir / "feature_maps.png"
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -665,15 +674,18 @@ def cli() -> None:
 def _cli_report(directory: str, FLAGS) -> list[Path]:  # noqa: N803
     written = write_report(directory, group_by=FLAGS.group_by)
     if FLAGS.filters or FLAGS.feature_maps:
-        for run in find_runs(directory):
-            if not (run.path / "checkpoints").is_dir():
-                print(f"{run.name}: no checkpoints, no filters/feature maps drawn")
-                continue
-            if FLAGS.filters:
-                written.append(plot_filters(run.path))
-            if FLAGS.feature_maps:
-                written.append(plot_feature_maps(run.path, FLAGS.feature_maps,
-                                                 FLAGS.num_layers, FLAGS.max_maps))
+        runs = find_runs(directory)
+        for run in runs:
+            try:
+                if FLAGS.filters:
+                    written.append(plot_filters(run.path))
+                if FLAGS.feature_maps:
+                    written.append(plot_feature_maps(run.path, FLAGS.feature_maps,
+                                                     FLAGS.num_layers, FLAGS.max_maps))
+            except (FileNotFoundError, ValueError) as e:
+                if len(runs) == 1:
+                    raise
+                print(f"{run.name}: no filters/feature maps: {e}")  # e.g. an MLP point
     return written
 
 

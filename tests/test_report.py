@@ -208,3 +208,21 @@ def test_steps_logged_again_after_a_resume_keep_the_newest_row(tmp_path):
     rows = report.read_metrics(tmp_path / "r" / "metrics.jsonl")
     val = [r for r in rows if r["split"] == "val"]
     assert [r["step"] for r in val] == [10, 20] and val[-1]["top1"] == 0.7
+
+
+def test_cli_writes_the_report_and_fails_clearly_without_runs(tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    empty = subprocess.run([sys.executable, "-m", "cnn_jax.report", str(tmp_path)], cwd=repo,
+                           capture_output=True, text=True, timeout=120)
+    assert empty.returncode == 1 and "no runs in" in empty.stderr
+    _make_sweep(tmp_path)
+    ok = subprocess.run([sys.executable, "-m", "cnn_jax.report", str(tmp_path),
+                         "--group_by=depth"], cwd=repo, capture_output=True, text=True,
+                        timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    printed = {Path(line).name for line in ok.stdout.split()}
+    assert {"summary.csv", "summary.md", "curves_depth20.png", "curves_depth32.png",
+            "error_vs_depth.png"} <= printed
