@@ -7,7 +7,13 @@ Public interface (used by the training engine):
   create_eval_iterator(data_cfg, split, *, global_batch_size, process_index=0, process_count=1)
   num_train_examples(info), steps_per_epoch(info, global_batch_size),
   num_eval_batches(info, split, global_batch_size)
-  OnDeviceData (cnn_jax.data.on_device): the whole training split on the accelerator.
+  OnDeviceData (cnn_jax.data.on_device): the whole training split on the accelerator
+                (single process; multi-host runs use the host iterators).
+
+Validation: `data.val_split` (e.g. "train[90%:]") is a deterministic carve-out that the engine
+evaluates during training; set `data.train_split` to the complement ("train[:90%]"), otherwise
+a warning says that the two overlap. Local image trees are stored in a class-stratified order,
+so such slices are class-balanced (CIFAR-10: the last 500 images of each class).
 """
 
 from cnn_jax.data.pipeline import (DatasetInfo, create_eval_iterator, create_train_iterator,

@@ -322,6 +322,7 @@ class _ArrayTrainBatches:
 
 def _files_train(plan: _Plan, split: FileSplit, B: int, b: int, seed: int, start_step: int,
                  p: int) -> Iterator[Batch]:
+    """One endless tf.data pipeline over image files (traced once, not once per epoch)."""
     import tensorflow as tf
 
     n = len(split.labels)
@@ -329,32 +330,36 @@ def _files_train(plan: _Plan, split: FileSplit, B: int, b: int, seed: int, start
     aug = _augment_settings(plan.cfg)
     size = plan.image_size
     scale, bias = tf.constant(plan.scale), tf.constant(plan.bias)
-    seed64 = _seed(seed, 4)
-    epoch, first = divmod(start_step, spe)
-    while True:
-        perm = np.random.default_rng([seed, 0, epoch]).permutation(n)
-        steps = np.arange(first, spe)
-        pos = (steps[:, None] * B + p * b + np.arange(b)[None, :]).reshape(-1)
-        index = perm[pos]
-        uid = epoch * spe * B + pos
+    paths, labels = tf.constant(split.paths), tf.constant(split.labels.astype(np.int32))
+    perm_seed, aug_seed = _seed(seed, 0) % (2**31), _seed(seed, 4)
+    start_epoch, first = divmod(start_step, spe)
 
-        def load(path, label, uid_):
-            image = augment.tf_train_image(
-                tf.io.read_file(path), tf.stack([tf.constant(seed64, tf.int64), uid_]),
-                image_size=size, random_resized_crop=aug["rrc"], crop_padding=aug["padding"],
-                flip=aug["flip"])
-            return tf.cast(image, tf.float32) * scale + bias, label
+    def epoch(e):
+        # Epoch e's order: a stateless shuffle from (seed, e); this process's rows of each step.
+        perm = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(perm_seed, tf.int64), e]),
+            alg="philox")
+        pos = tf.reshape(tf.range(spe * B, dtype=tf.int64), [spe, B])[:, p * b:(p + 1) * b]
+        pos = tf.reshape(pos[tf.where(e == start_epoch, first, 0):], [-1])
+        index = tf.gather(perm, pos)
+        return tf.data.Dataset.from_tensor_slices(
+            (tf.gather(paths, index), tf.gather(labels, index), e * spe * B + pos))
 
-        ds = (tf.data.Dataset.from_tensor_slices((split.paths[index], split.labels[index], uid))
-              .map(load, num_parallel_calls=tf.data.AUTOTUNE)
-              .ignore_errors(log_warning=True)
-              .batch(b, drop_remainder=True)
-              .prefetch(tf.data.AUTOTUNE))
-        for k, (images, labels) in enumerate(ds.as_numpy_iterator()):
-            step = epoch * spe + first + k
-            batch = {"image": images, "label": labels.astype(np.int32)}
-            yield _maybe_mix(batch, aug, plan.info.num_classes, seed, step, p)
-        epoch, first = epoch + 1, 0
+    def load(path, label, uid):
+        image = augment.tf_train_image(
+            tf.io.read_file(path), tf.stack([tf.constant(aug_seed, tf.int64), uid]),
+            image_size=size, random_resized_crop=aug["rrc"], crop_padding=aug["padding"],
+            flip=aug["flip"])
+        return tf.cast(image, tf.float32) * scale + bias, label
+
+    ds = (tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch)
+          .map(load, num_parallel_calls=tf.data.AUTOTUNE)
+          .ignore_errors(log_warning=True)
+          .batch(b, drop_remainder=True)
+          .prefetch(tf.data.AUTOTUNE))
+    for step, (images, labels_) in enumerate(ds.as_numpy_iterator(), start=start_step):
+        batch = {"image": images, "label": labels_.astype(np.int32)}
+        yield _maybe_mix(batch, aug, plan.info.num_classes, seed, step, p)
 
 
 def _tfds_train(plan: _Plan, split: TfdsSplit, B: int, b: int, seed: int, start_step: int,
