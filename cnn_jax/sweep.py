@@ -49,13 +49,14 @@ Point = tuple[str, dict[str, Any]]
 # Experiment args and points.
 
 
-def _format_value(value: Any) -> str:
+def _format_value(value: Any, exact: bool = True) -> str:
+    """A value as an experiment arg (exact: floats round-trip) or, inexact, as part of a name."""
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
-        return f"{value:g}"
+        return repr(value) if exact else f"{value:g}"
     if isinstance(value, (tuple, list)):
-        return "+".join(_format_value(v) for v in value)
+        return "+".join(_format_value(v, exact) for v in value)
     return str(value)
 
 
@@ -140,9 +141,9 @@ def point_name(overrides: dict[str, Any]) -> str:
         if isinstance(value, bool):
             parts.append(short if value else f"no{short}")
         elif isinstance(value, (int, float)):
-            parts.append(f"{short}{_format_value(value)}")
+            parts.append(f"{short}{_format_value(value, exact=False)}")
         else:
-            parts.append(f"{short}-{_format_value(value)}")
+            parts.append(f"{short}-{_format_value(value, exact=False)}")
     name = "_".join(parts) or "default"
     return re.sub(r"[^A-Za-z0-9._+=-]", "-", name)
 
@@ -241,6 +242,11 @@ def _merge_args(base: str, point_args: dict[str, Any], name: str) -> str:
             "also sets; a sweep axis cannot be fixed from the command line (restrict the sweep "
             "through get_sweep's own args instead)")
     extra = [f"{k}={_format_value(v)}" for k, v in point_args.items()]
+    bad = [e for e in extra if "," in e or e.count("=") != 1]
+    if bad:
+        raise ValueError(
+            f"sweep point {name!r}: experiment arg(s) {bad} cannot pass through "
+            "'--config=FILE:k=v,...' (no ',' or '=' in keys or values); use a config.FIELD key")
     return ",".join([p for p in base.split(",") if p.strip()] + extra)
 
 

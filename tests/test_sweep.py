@@ -258,3 +258,12 @@ def test_launch_py_sweep_dry_run_prints_eight_commands(tmp_path):
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("python launch.py")]
     assert len(lines) == 8 and len(set(lines)) == 8
     assert all("--config.seed=7" in ln and ":runlocal,depth=" in ln for ln in lines)
+
+
+def test_point_values_reach_the_command_exactly():
+    argv = sweep.point_command("exp.py:runlocal", "w", "p", {"lr": 0.123456789, "n": 3,
+                                                             "config.optim.lr": 1e-7})
+    assert argv[0] == "--config=exp.py:runlocal,lr=0.123456789,n=3"
+    assert argv[1:] == [f"--workdir={os.path.join('w', 'p')}", "--config.optim.lr=1e-07"]
+    with pytest.raises(ValueError, match="cannot pass through"):
+        sweep.point_command("exp.py", "w", "p", {"names": "a,b"})
