@@ -6,6 +6,8 @@ Not an experiment on its own. `data=imagenet2012` (default) reads tfds's prepare
 `data=synthetic` random 224x224 images, for when neither is at hand. Training augmentation is the
 Inception-style random-resized crop to 224 plus horizontal flip (Szegedy et al. 2015, Sec. 6);
 evaluation is the single centre crop; pixels are normalised with the usual ImageNet constants.
+Synthetic images live in memory, where the engine has no random-resized crop: they get the flip
+only (they measure the machinery and throughput, not accuracy).
 """
 
 import ml_collections
@@ -37,6 +39,9 @@ def base_config(model: str, data: str, *, batch_size: int, lr: float, weight_dec
     c.data.shuffle_buffer = 16_384
     c.log_every_steps = 500
     if data == "synthetic":
+        # In-memory arrays: no random-resized crop (it works on streamed files); native 224.
+        c.data.random_resized_crop = False
+        c.data.image_size = -1
         c.data.synthetic_shape = (224, 224, 3)
         c.data.synthetic_num_classes = 1000
         c.data.synthetic_num_examples = 4096
@@ -56,12 +61,12 @@ def shrink_for_runlocal(c: ml_collections.ConfigDict, image_size: int) -> None:
     c.eval_every_steps = 3
     c.checkpoint_every_steps = 3
     c.async_checkpoints = False
-    c.data.image_size = image_size
     c.data.shuffle_buffer = 64
     if c.data.name == "synthetic":
         c.data.synthetic_shape = (image_size, image_size, 3)
         c.data.synthetic_num_classes = 10
         c.data.synthetic_num_examples = 32
     else:
+        c.data.image_size = image_size
         c.data.train_split = "train[:64]"
         c.data.eval_split = "validation[:32]"

@@ -77,7 +77,8 @@ def test_imagenet_recipes_match_the_papers():
     assert gn.optim.gamma == 0.96 and gn.optim.milestones[:3] == (8, 16, 24)
     nette = _load("imagenet_resnet18").get_config("data=imagenette")
     assert nette.data.name == "imagenette" and nette.data.eval_split == "validation"
-    assert _load("imagenet_resnet18").get_config("runlocal").data.name == "synthetic"
+    local = _load("imagenet_resnet18").get_config("runlocal")
+    assert local.data.name == "synthetic" and not local.data.random_resized_crop  # in memory
     with pytest.raises(ValueError, match="imagenet2012"):
         _load("imagenet_resnet18").get_config("data=imagenet")
 
