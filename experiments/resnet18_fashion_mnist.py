@@ -44,6 +44,7 @@ def get_config(arg=None):
     if a.runlocal:
         c.batch_size = 16
         c.total_steps = 6
+        c.optim.warmup_epochs = 0.0
         c.log_every_steps = 2
         c.eval_every_steps = 3
         c.checkpoint_every_steps = 3
