@@ -633,6 +633,14 @@ def write_report(directory: str | Path, group_by: str | None = None) -> list[Pat
         cmd = f"python launch.py --config={plan['config']} --workdir={root} --sweep"
         cmd += "".join(f" {o}" for o in plan.get("overrides", []))
         notes.insert(0, f"Sweep: `{cmd}`")
+    last = plan.get("last_run") or {}
+    if last:
+        notes.append(f"Last sweep run: {last.get('started')} on {last.get('machine')}, "
+                     f"{last.get('points_run')} point(s), {last.get('parallel')} at a time, "
+                     f"{last.get('elapsed_s')} s wall time")
+    walls = [row["wall_time_s"] for row in rows if isinstance(row.get("wall_time_s"), (int, float))]
+    if walls:
+        notes.append(f"Training wall time, summed over points: {sum(walls):.0f} s")
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1

@@ -23,6 +23,7 @@ import inspect
 import itertools
 import json
 import os
+import platform
 import re
 import shlex
 import signal
@@ -384,6 +385,21 @@ def _run_point(argv: list[str], run_dir: Path, name: str, echo) -> dict:
     return status
 
 
+def machine_description() -> str:
+    """Host, OS, CPU count and GPU names (nvidia-smi, when present): where the sweep ran."""
+    gpus = ""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        names = [n.strip() for n in out.stdout.splitlines() if n.strip()]
+        if out.returncode == 0 and names:
+            gpus = ", GPUs: " + ", ".join(f"{names.count(n)}x {n}" for n in dict.fromkeys(names))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return (f"{platform.node()} ({platform.system()} {platform.machine()}, "
+            f"{os.cpu_count()} CPUs{gpus})")
+
+
 def main(config_arg: str, workdir: str, *, dry_run: bool = False, parallel: int = 1,
          overrides: Sequence[str] = ()) -> int:
     """Runs (or with dry_run prints) every point of a sweep file; returns 0 when all finished."""
@@ -401,11 +417,15 @@ def main(config_arg: str, workdir: str, *, dry_run: bool = False, parallel: int 
     script = launch_script(must_exist=not dry_run)
     root = Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
-    _write_json(root / SWEEP_FILE, {
-        "config": config_arg, "overrides": list(overrides),
-        "points": [{"name": name, "axes": ov,
-                    "command": shlex.join(["python", _display_script(script), *commands[name]])}
-                   for name, ov in points]})
+    plan = {"config": config_arg, "overrides": list(overrides),
+            "points": [{"name": name, "axes": ov,
+                        "command": shlex.join(["python", _display_script(script),
+                                               *commands[name]])}
+                       for name, ov in points]}
+    previous = _read_json(root / SWEEP_FILE) or {}
+    if "last_run" in previous:
+        plan["last_run"] = previous["last_run"]
+    _write_json(root / SWEEP_FILE, plan)
     if dry_run:
         for name, _ in points:
             print(shlex.join(["python", _display_script(script), *commands[name]]))
@@ -425,6 +445,7 @@ def main(config_arg: str, workdir: str, *, dry_run: bool = False, parallel: int 
             todo.append(name)
     echo(f"{len(todo)} of {len(points)} points to run, {parallel} at a time, in {root}")
     statuses: dict[str, dict] = {}
+    started = time.time()
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
         futures = {}
         for name in todo:
@@ -432,6 +453,12 @@ def main(config_arg: str, workdir: str, *, dry_run: bool = False, parallel: int 
             futures[pool.submit(_run_point, argv, root / name, name, echo)] = name
         for future in concurrent.futures.as_completed(futures):
             statuses[futures[future]] = future.result()
+    if todo:
+        plan["last_run"] = {
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
+            "elapsed_s": round(time.time() - started, 1), "points_run": len(todo),
+            "parallel": parallel, "machine": machine_description()}
+        _write_json(root / SWEEP_FILE, plan)
 
     from cnn_jax import report  # late: matplotlib is only needed once the runs are done
 

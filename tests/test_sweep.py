@@ -217,6 +217,10 @@ def test_failed_point_is_recorded_and_the_sweep_goes_on(tmp_path, fake_launch):
     assert float(rows["mode-ok"]["val_top1_err"]) == pytest.approx(40.0)
     md = (workdir / "summary.md").read_text()
     assert "FloatingPointError: loss is nan at step 3" in md
+    last = json.loads((workdir / sweep.SWEEP_FILE).read_text())["last_run"]
+    assert last["points_run"] == 3 and last["parallel"] == 2 and "CPUs" in last["machine"]
+    assert f"on {last['machine']}, 3 point(s)" in md
+    assert "Training wall time, summed over points: 0 s" in md  # the stand-in reports 0.1 s each
 
     # Re-running retries only the failed point.
     rc = sweep.main(exp, str(workdir), dry_run=False, parallel=1, overrides=[])
