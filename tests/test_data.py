@@ -503,59 +503,6 @@ def test_synthetic_data(tmp_path):
     assert a["image"].shape == (8, 4, 4, 3) and a["label"].max() < 5
 
 
-# ---------------------------------------------------------------------------- on device
-
-def test_on_device_batches(tmp_path, idx_dir):
-    import jax
-
-    from cnn_jax.data.on_device import OnDeviceData
-
-    cfg = _cfg(tmp_path, path=str(idx_dir))
-    source = OnDeviceData(cfg, 64, seed=5)
-    assert source.arrays["images"].dtype == np.uint8 and source.steps_per_epoch == 4
-    fn = jax.jit(source.batch_fn)
-    batches = [jax.device_get(fn(source.arrays, step)) for step in range(8)]
-    assert batches[0]["image"].shape == (64, 28, 28, 1) and batches[0]["label"].dtype == np.int32
-    labels = _labels("train")
-    for e in range(2):
-        ids = np.concatenate([_ids(b["image"]) for b in batches[4 * e: 4 * e + 4]])
-        assert len(set(ids.tolist())) == 256
-        np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches[4 * e: 4 * e + 4]]), labels[ids])
-    again = jax.device_get(fn(source.arrays, 5))
-    np.testing.assert_array_equal(again["image"], batches[5]["image"])
-    images = _id_images(N_TRAIN, 2)
-    np.testing.assert_allclose(batches[0]["image"][..., 0], images[_ids(batches[0]["image"])] / 255.0,
-                               atol=1e-6)
-
-
-def test_on_device_augmentation(tmp_path, idx_dir):
-    import jax
-
-    from cnn_jax.data.on_device import OnDeviceData
-
-    cfg = _cfg(tmp_path, path=str(idx_dir), crop_padding=3, flip=True, normalize="train_stats",
-               mixup_alpha=0.2, cutmix_alpha=1.0)
-    source = OnDeviceData(cfg, 32, seed=0)
-    fn = jax.jit(source.batch_fn)
-    for step in range(3):
-        batch = jax.device_get(fn(source.arrays, step))
-        assert batch["targets"].shape == (32, 10)
-        np.testing.assert_allclose(batch["targets"].sum(1), 1.0, atol=1e-5)
-        assert np.isfinite(batch["image"]).all()
-    plain = OnDeviceData(_cfg(tmp_path, path=str(idx_dir), crop_padding=3, flip=True), 64, seed=0)
-    batch = jax.device_get(jax.jit(plain.batch_fn)(plain.arrays, 0))
-    raw = jax.device_get(jax.jit(OnDeviceData(_cfg(tmp_path, path=str(idx_dir)), 64, seed=0).batch_fn)(
-        plain.arrays, 0))  # same seed: same examples, no augmentation
-    flips = 0
-    for aug, src in zip(batch["image"][:16, ..., 0], raw["image"][:16, ..., 0]):
-        padded = np.pad(src, 3)
-        found = [(f) for dy in range(7) for dx in range(7) for f in (0, 1)
-                 if np.allclose((padded[dy:dy + 28, dx:dx + 28][:, ::-1] if f else padded[dy:dy + 28, dx:dx + 28]), aug)]
-        assert found
-        flips += found[0]
-    assert 0 < flips < 16
-
-
 # ----------------------------------------------------------------------------------- CLI
 
 def _cli(*args):

@@ -89,8 +89,8 @@ def _fit_size(images: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _load_array(plan_or_source: Source, spec: str, image_size: int) -> ArraySplit:
-    split = plan_or_source.load(spec)
+def _load_array(source: Source, spec: str, image_size: int) -> ArraySplit:
+    split = source.load(spec)
     assert isinstance(split, ArraySplit)
     return ArraySplit(_fit_size(split.images, image_size), split.labels)
 
@@ -104,12 +104,12 @@ def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
         )
 
 
-def _stats_from_stream(plan_source: Source, cfg: Any, spec: str, image_size: int):
+def _stats_from_stream(source: Source, cfg: Any, spec: str, image_size: int):
     """Stats of at most data.stats_max_examples training images, as the model sees them."""
     import tensorflow as tf
 
     limit = int(field(cfg, "stats_max_examples", 10_000))
-    split = plan_source.load(spec)
+    split = source.load(spec)
     if isinstance(split, FileSplit):
         n = len(split.labels)
         pick = np.sort(np.random.default_rng(0).permutation(n)[: min(n, limit)])
@@ -408,8 +408,8 @@ def create_train_iterator(data_cfg: Any, *, global_batch_size: int, seed: int, s
     iterator yields from step k on.
     """
     b = _local_batch(global_batch_size, process_index, process_count)
-    if start_step < 0:
-        raise ValueError(f"start_step={start_step} must be >= 0.")
+    if start_step < 0 or seed < 0:
+        raise ValueError(f"start_step={start_step} and seed={seed} must be >= 0 (config.seed).")
     plan = _plan(data_cfg)
     steps_per_epoch(plan.info, global_batch_size)  # fails clearly when the split is too small
     train_spec = plan.info.train_split
