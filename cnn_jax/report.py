@@ -166,7 +166,7 @@ def run_status(run: Run) -> tuple[str, str]:
     if st.get("status") == "failed":
         return "failed", str(st.get("error", ""))
     if run.results and run.results.get("status"):
-        return str(run.results["status"]), str(run.results.get("error", ""))
+        return str(run.results["status"]), str(run.results.get("error") or st.get("error", ""))
     if run.metrics or st or run.config:
         return "incomplete", ""
     return "pending", ""

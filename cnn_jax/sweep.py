@@ -351,31 +351,68 @@ def error_line(text: str, returncode: int | None = None) -> str:
     return f"exited with code {returncode}"
 
 
-def _run_point(argv: list[str], run_dir: Path, name: str, echo) -> dict:
+class _Children:
+    """The points' running processes, so that a SIGTERM to the sweep (a scheduler preempting
+    it) reaches them (they checkpoint and stop) and no further point starts."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.procs: set[subprocess.Popen] = set()
+        self.stopping = False
+
+    def start(self, argv: list[str], **kwargs) -> subprocess.Popen | None:
+        with self.lock:
+            if self.stopping:
+                return None
+            proc = subprocess.Popen(argv, **kwargs)
+            self.procs.add(proc)
+            return proc
+
+    def finish(self, proc: subprocess.Popen) -> int:
+        returncode = proc.wait()
+        with self.lock:
+            self.procs.discard(proc)
+        return returncode
+
+    def terminate(self, signum, frame) -> None:
+        with self.lock:
+            self.stopping = True
+            procs = list(self.procs)
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+
+
+def _run_point(argv: list[str], run_dir: Path, name: str, echo, children: _Children) -> dict:
+    if children.stopping:
+        return {"status": "not started"}
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    _write_json(run_dir / STATUS_FILE, {"status": "running", "pid": os.getpid(),
-                                        "started": started, "command": shlex.join(argv)})
     log_path = run_dir / LOG_FILE
     with open(log_path, "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n")
         log.flush()
         offset = log.tell()
-        proc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = children.start(argv, stdout=log, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL)
+        if proc is None:
+            return {"status": "not started"}
+        _write_json(run_dir / STATUS_FILE, {"status": "running", "pid": proc.pid,
+                                            "started": started, "command": shlex.join(argv)})
+        returncode = children.finish(proc)
     wall = time.time() - started
-    if proc.returncode == 0 and is_finished(run_dir):
+    if returncode == 0 and is_finished(run_dir):
         status = {"status": "finished", "wall_time_s": wall, "command": shlex.join(argv)}
     else:
         with open(log_path) as log:
             log.seek(offset)
             text = log.read()
-        line = error_line(text, proc.returncode)
+        line = error_line(text, returncode)
         ended = (_read_json(run_dir / "results.json") or {}).get("status")
-        if proc.returncode == 0:
+        if returncode == 0:
             line = (f"run ended with status {ended!r}; re-run the sweep to resume it" if ended
                     else f"exited 0 without a finished results.json (last line: {line})")
-        status = {"status": ended if proc.returncode == 0 and ended else "failed",
-                  "returncode": proc.returncode, "error": line,
+        status = {"status": ended if returncode == 0 and ended else "failed",
+                  "returncode": returncode, "error": line,
                   "wall_time_s": wall, "command": shlex.join(argv), "log": str(log_path)}
     _write_json(run_dir / STATUS_FILE, status)
     if status["status"] == "finished":
@@ -446,24 +483,35 @@ def main(config_arg: str, workdir: str, *, dry_run: bool = False, parallel: int 
     echo(f"{len(todo)} of {len(points)} points to run, {parallel} at a time, in {root}")
     statuses: dict[str, dict] = {}
     started = time.time()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = {}
-        for name in todo:
-            argv = [sys.executable, str(script), *commands[name]]
-            futures[pool.submit(_run_point, argv, root / name, name, echo)] = name
-        for future in concurrent.futures.as_completed(futures):
-            statuses[futures[future]] = future.result()
+    children = _Children()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, children.terminate) if in_main_thread else None
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+            futures = {}
+            for name in todo:
+                argv = [sys.executable, str(script), *commands[name]]
+                futures[pool.submit(_run_point, argv, root / name, name, echo, children)] = name
+            for future in concurrent.futures.as_completed(futures):
+                statuses[futures[future]] = future.result()
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if children.stopping:
+        echo("SIGTERM: running points were asked to checkpoint and stop; points not started "
+             "were left out. Re-run the same command to continue.")
     if todo:
         plan["last_run"] = {
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
-            "elapsed_s": round(time.time() - started, 1), "points_run": len(todo),
+            "elapsed_s": round(time.time() - started, 1),
+            "points_run": sum(st["status"] != "not started" for st in statuses.values()),
             "parallel": parallel, "machine": machine_description()}
         _write_json(root / SWEEP_FILE, plan)
 
     from cnn_jax import report  # late: matplotlib is only needed once the runs are done
 
     report.write_report(root)
-    failed = sorted(n for n, s in statuses.items() if s["status"] != "finished")
+    failed = sorted(n for n, s in statuses.items() if s["status"] not in ("finished", "not started"))
     echo(f"report written to {root}/summary.md" +
-         (f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+         (f"; {len(failed)} not finished: {', '.join(failed)}" if failed else ""))
+    return 1 if failed or children.stopping else 0

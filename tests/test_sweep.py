@@ -164,6 +164,15 @@ workdir, arg = flags["workdir"], flags["config"].partition(":")[2]
 os.makedirs(workdir, exist_ok=True)
 with open(os.path.join(workdir, "runs.txt"), "a") as f:
     f.write("run\\n")
+if "mode=slow" in arg:
+    import signal, time
+    def stop(signum, frame):
+        json.dump({"status": "preempted", "step": 1}, open(os.path.join(workdir, "results.json"), "w"))
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, stop)
+    open(os.path.join(os.path.dirname(workdir), "ready"), "w").close()
+    time.sleep(120)
+    sys.exit(3)
 if "mode=fail" in arg:
     print("step 1 ok")
     print("Traceback (most recent call last):", file=sys.stderr)
@@ -271,3 +280,40 @@ def test_point_values_reach_the_command_exactly():
     assert argv[1:] == [f"--workdir={os.path.join('w', 'p')}", "--config.optim.lr=1e-07"]
     with pytest.raises(ValueError, match="cannot pass through"):
         sweep.point_command("exp.py", "w", "p", {"names": "a,b"})
+
+
+def test_sigterm_reaches_the_running_point_and_starts_no_other(tmp_path, fake_launch):
+    """A scheduler preempting the sweep: the point checkpoints and stops; nothing new starts."""
+    import signal
+    import threading
+    import time
+
+    exp = _write_experiment(tmp_path, """
+        import ml_collections
+        from cnn_jax.sweep import product
+        def get_config(arg=None):
+            return ml_collections.ConfigDict({"seed": 0})
+        def get_sweep():
+            return product(mode=["slow", "ok"])
+        """)
+    workdir = tmp_path / "s"
+
+    def preempt():
+        deadline = time.time() + 60
+        while not (workdir / "ready").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # caught by the sweep's handler, passed on
+
+    previous = signal.getsignal(signal.SIGTERM)
+    killer = threading.Thread(target=preempt)
+    killer.start()
+    rc = sweep.main(exp, str(workdir), dry_run=False, parallel=1, overrides=[])
+    killer.join()
+    assert signal.getsignal(signal.SIGTERM) is previous  # handler restored
+    assert rc == 1
+    status = json.loads((workdir / "mode-slow" / sweep.STATUS_FILE).read_text())
+    assert status["status"] == "preempted" and "resume" in status["error"]
+    assert not (workdir / "mode-ok" / "runs.txt").exists()
+    rows = {r["point"]: r for r in csv.DictReader(open(workdir / "summary.csv"))}
+    assert rows["mode-slow"]["status"] == "preempted" and rows["mode-ok"]["status"] == "pending"
+    assert "re-run the sweep to resume" in rows["mode-slow"]["error"]
