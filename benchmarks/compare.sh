@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# cnn_jax vs PyTorch on this machine, one run, one table of ratios (cnn_jax / PyTorch).
+#
+#   bash benchmarks/compare.sh            # resnet20 (batch 128, 32x32x3), lenet5 (128, 28x28x1)
+#   ROUNDS=3 TORCH_COMPILE=1 bash benchmarks/compare.sh
+#   TINY=1 bash benchmarks/compare.sh     # seconds-long smoke run (batch 8, 2 steps)
+#
+# Measurements are interleaved (jax, torch, jax, torch, ...) and medians taken, so that load from
+# other processes on a shared machine hits both sides alike. Every run of cnn_jax uses the same
+# fresh persistent compilation cache: round 1 shows a cold start, rounds >= 2 the first step of a
+# re-launched run. Extra cnn_jax flags (e.g. --steps_per_dispatch=4) go in JAX_ARGS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+[ -x "$PY" ] || PY=python3
+ROUNDS=${ROUNDS:-2}
+JAX_ARGS=${JAX_ARGS:-}
+TORCH_COMPILE=${TORCH_COMPILE:-0}
+OUT=${OUT:-$(mktemp -d /tmp/cnn_jax_compare.XXXXXX)}
+mkdir -p "$OUT"
+CACHE="$OUT/jax_cache"
+LOG="$OUT/results.jsonl"
+: > "$LOG"
+
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  echo "installing torch==2.13.0 (CPU) for the baseline" >&2
+  "$PY" -m pip install -q torch==2.13.0
+fi
+
+if [ "${TINY:-0}" = "1" ]; then
+  CASES=("resnet20 8 2" "lenet5 8 2")
+  REPEATS=1
+else
+  CASES=("resnet20 128 10" "lenet5 128 50")
+  REPEATS=${REPEATS:-3}
+fi
+
+export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu} TF_CPP_MIN_LOG_LEVEL=3
+for case in "${CASES[@]}"; do
+  read -r model batch steps <<< "$case"
+  for round in $(seq 1 "$ROUNDS"); do
+    echo "[$(date +%T)] round $round: $model batch $batch (load $(cut -d' ' -f1 /proc/loadavg))" >&2
+    "$PY" -m cnn_jax.benchmark --model="$model" --batch="$batch" --steps="$steps" \
+      --repeats="$REPEATS" --cache_dir="$CACHE" --json $JAX_ARGS 2>>"$OUT/stderr.log" \
+      | "$PY" -c "import json,sys; d=json.load(sys.stdin); d.update(side='jax', round=$round); print(json.dumps(d))" >> "$LOG"
+    "$PY" benchmarks/torch_baseline.py --model="$model" --batch="$batch" --steps="$steps" \
+      --repeats="$REPEATS" --json 2>>"$OUT/stderr.log" \
+      | "$PY" -c "import json,sys; d=json.load(sys.stdin); d.update(side='torch', round=$round); print(json.dumps(d))" >> "$LOG"
+    if [ "$TORCH_COMPILE" = "1" ]; then
+      "$PY" benchmarks/torch_baseline.py --model="$model" --batch="$batch" --steps="$steps" \
+        --repeats="$REPEATS" --compile --json 2>>"$OUT/stderr.log" \
+        | "$PY" -c "import json,sys; d=json.load(sys.stdin); d.update(side='torch_compile', round=$round); print(json.dumps(d))" >> "$LOG"
+    fi
+  done
+done
+
+"$PY" - "$LOG" <<'EOF'
+import json, statistics, sys
+
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+med = lambda xs: statistics.median(xs) if xs else float("nan")
+first = rows[0]
+print(f"\ncnn_jax vs PyTorch, one machine, interleaved runs (medians over rounds)")
+print(f"jax {first.get('jax')}  XLA_FLAGS={first.get('xla_flags')!r}")
+torch_row = next((r for r in rows if r["side"] == "torch"), {})
+print(f"torch {torch_row.get('torch')} ({torch_row.get('threads')} threads)")
+loads = [r[k] for r in rows for k in ("loadavg_start", "loadavg_end")]
+print(f"load average during the runs: {min(loads):.1f} .. {max(loads):.1f} on {__import__('os').cpu_count()} CPUs")
+hdr = (f"| {'model':8} | {'batch':>5} | {'jax train img/s':>15} | {'torch train img/s':>17} | "
+       f"{'train ratio':>11} | {'jax infer img/s':>15} | {'torch infer img/s':>17} | "
+       f"{'infer ratio':>11} | {'jax 1st step s (cold / relaunch)':>32} | {'torch 1st step s':>16} | "
+       f"{'1st step ratio':>14} | {'CPU-ms/step jax / torch':>23} |")
+print(hdr)
+print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
+for model in dict.fromkeys(r["model"] for r in rows):
+    j = [r for r in rows if r["model"] == model and r["side"] == "jax"]
+    t = [r for r in rows if r["model"] == model and r["side"] == "torch"]
+    jt, tt = med([r["train_img_per_s"] for r in j]), med([r["train_img_per_s"] for r in t])
+    ji, ti = med([r["infer_img_per_s"] for r in j]), med([r["infer_img_per_s"] for r in t])
+    cold = [r["first_step_s"] for r in j if r["round"] == 1]
+    warm = [r["first_step_s"] for r in j if r["round"] > 1]
+    tf = med([r["first_step_s"] for r in t])
+    jf = med(warm) if warm else med(cold)
+    jc, tc = med([r["train_cpu_ms_per_step"] for r in j]), med([r["train_cpu_ms_per_step"] for r in t])
+    print(f"| {model:8} | {j[0]['batch']:>5} | {jt:>15,.1f} | {tt:>17,.1f} | {jt / tt:>10.2f}x | "
+          f"{ji:>15,.1f} | {ti:>17,.1f} | {ji / ti:>10.2f}x | "
+          f"{med(cold):>14.2f} / {(med(warm) if warm else float('nan')):>15.2f} | {tf:>16.2f} | "
+          f"{jf / tf:>13.2f}x | {jc:>9.0f} / {tc:>11.0f} |")
+    tc_rows = [r for r in rows if r["model"] == model and r["side"] == "torch_compile"]
+    if tc_rows:
+        tct = med([r["train_img_per_s"] for r in tc_rows])
+        print(f"|   vs torch.compile: train {tct:,.1f} img/s, ratio {jt / tct:.2f}x")
+print(f"\nraw results: {sys.argv[1]}")
+EOF
