@@ -5,10 +5,12 @@
 Paths measured (all through the public cnn_jax.data interface):
   host in-memory   CIFAR-shaped uint8 set (50,000 x 32x32x3) -> crop(pad 4) + flip + normalise
   host JPEG        image_folder of generated 500x375 JPEGs -> tf.data decode + Inception
-                   random-resized crop at 224 + flip + normalise (reported per core too)
+                   random-resized crop at 224 + flip + normalise
   on-device        the same CIFAR-shaped set under jit: permutation, crop, flip, normalise
   model            one jitted SGD train step of cnn_jax.models.build('resnet20') on 32x32x3
-The last column of the on-device row is its ratio to the model's consumption.
+Each path reports images per wall-clock second and images per CPU-second of this process (all
+its threads): on a shared machine the second is the per-core rate an idle core would give.
+The on-device row also gives its ratio to the model's consumption.
 """
 
 from __future__ import annotations
@@ -51,15 +53,20 @@ def _cfg(**overrides) -> ml_collections.ConfigDict:
     return c
 
 
-def _rate(next_batch, batch_size: int, seconds: float, warmup: int = 5) -> float:
-    """Images per second of `next_batch()` over about `seconds`."""
+def _rate(next_batch, batch_size: int, seconds: float, warmup: int = 5) -> tuple[float, float]:
+    """(images per wall second, images per CPU second of this process) of `next_batch()`.
+
+    CPU seconds count every thread of the process (tf.data, XLA, NumPy workers), so images per
+    CPU second is what one otherwise idle core delivers, even when other jobs share the machine.
+    """
     for _ in range(warmup):
         next_batch()
-    n, start = 0, time.perf_counter()
+    n, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         next_batch()
         n += 1
-    return n * batch_size / (time.perf_counter() - start)
+    return (n * batch_size / (time.perf_counter() - start),
+            n * batch_size / max(time.process_time() - cpu, 1e-9))
 
 
 def _write_jpegs(root: Path, count: int) -> None:
@@ -147,17 +154,20 @@ def main(argv: list[str]) -> None:
             fn(device.arrays, counter[0])["image"].block_until_ready()
         rows.append(("on-device CIFAR-style (jit: permute+crop+flip+normalise)", _rate(next_device_batch, B, secs)))
 
-    model_rate, model_name = _model_rate(B, secs)
-    print(f"devices: {jax.devices()}; CPU cores: {cores}; batch {B} (JPEG path {FLAGS.jpeg_batch_size})")
+    (model_wall, model_cpu), model_name = _model_rate(B, secs)
+    load = os.getloadavg()
+    print(f"devices: {jax.devices()}; CPU cores: {cores}; batch {B} (JPEG path "
+          f"{FLAGS.jpeg_batch_size}); load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
     print()
-    print("| path | images/s | images/s per core | note |")
+    print("| path | images/s (wall) | images per CPU-second (= per idle core) | note |")
     print("| --- | ---: | ---: | --- |")
-    for name, rate in rows:
+    for name, (wall, cpu) in rows:
         note = ""
         if name.startswith("on-device"):
-            note = f"{rate / model_rate:.1f}x the model's consumption"
-        print(f"| {name} | {rate:,.0f} | {rate / cores:,.0f} | {note} |")
-    print(f"| model: {model_name} train step (consumption) | {model_rate:,.0f} | {model_rate / cores:,.0f} | |")
+            note = (f"{wall / model_wall:,.0f}x the model's consumption (wall), "
+                    f"{cpu / model_cpu:,.0f}x per CPU-second")
+        print(f"| {name} | {wall:,.0f} | {cpu:,.0f} | {note} |")
+    print(f"| model: {model_name} train step (consumption) | {model_wall:,.1f} | {model_cpu:,.1f} | |")
 
 
 if __name__ == "__main__":

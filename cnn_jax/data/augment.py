@@ -117,15 +117,16 @@ def _image_shape(image_bytes):
 
 
 def _resize(image, size: int, antialias: bool):
+    """Bilinear resize to size x size; float32 pixels in [0, 255] (not rounded back to uint8)."""
     import tensorflow as tf
 
     image = tf.image.resize(image, [size, size], method="bilinear", antialias=antialias)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return tf.clip_by_value(image, 0.0, 255.0)
 
 
 def tf_train_image(image_bytes, seed, *, image_size: int, random_resized_crop: bool,
                    crop_padding: int, flip: bool):
-    """Decode + train augmentation of one encoded image -> (size, size, 3) uint8.
+    """Decode + train augmentation of one encoded image -> (size, size, 3) float32 in [0, 255].
 
     `seed` is a stateless seed (2,) int64 unique to this example of this epoch.
     """
@@ -161,7 +162,8 @@ def _center_square(image_bytes, shape, image_size: int, crop_fraction: float):
 
 
 def tf_eval_image(image_bytes, *, image_size: int):
-    """Decode + central crop (image_size / (image_size + 32) of the shorter side) + resize."""
+    """Decode + central crop (image_size / (image_size + 32) of the shorter side) + resize;
+    float32 pixels in [0, 255]."""
     shape = _image_shape(image_bytes)
     fraction = image_size / (image_size + EVAL_CROP_MARGIN)
     return _center_square(image_bytes, shape, image_size, crop_fraction=fraction)
