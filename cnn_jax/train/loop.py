@@ -43,6 +43,15 @@ class NonFiniteLossError(FloatingPointError):
 # Setup shared by training, evaluation and prediction.
 
 
+def configure_jax(config: ml_collections.ConfigDict) -> None:
+    """Process-wide JAX settings a run asks for: compilation cache and the PRNG mode."""
+    enable_compilation_cache(bool(config.get("compilation_cache", True)))
+    # Non-partitionable threefry compiles random-number code several times faster on the CPU;
+    # random arrays are only ever replicated here (data parallelism), so nothing is lost.
+    jax.config.update("jax_threefry_partitionable",
+                      bool(config.get("threefry_partitionable", False)))
+
+
 def enable_compilation_cache(enabled: bool) -> str | None:
     """Turns on JAX's persistent compilation cache ($CNN_JAX_CACHE or ~/.cache/cnn_jax/jax_cache).
 
@@ -343,7 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     Writes config.json, metrics.jsonl, TensorBoard events, checkpoints/ and, at the end,
     results.json. `force` resumes even when the stored config differs on model/data fields.
     """
-    enable_compilation_cache(bool(config.get("compilation_cache", True)))
+    configure_jax(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     is_writer = jax.process_index() == 0
     run_start = time.time()
@@ -567,7 +576,7 @@ def _print_final(results: dict) -> None:
 
 def _restore_for_inference(config: ml_collections.ConfigDict, workdir: str
                            ) -> tuple[Setup, TrainState, int, dict]:
-    enable_compilation_cache(bool(config.get("compilation_cache", True)))
+    configure_jax(config)
     if not ckpt.checkpoint_steps(workdir):
         raise FileNotFoundError(
             f"No checkpoint in {os.path.join(workdir, ckpt.CHECKPOINT_SUBDIR)}: train first "

@@ -10,7 +10,6 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import flax.jax_utils
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -102,8 +101,8 @@ class PmapStrategy:
     def __init__(self, step_cfg: steps.StepConfig, average_bn: bool = False):
         self.average_bn = average_bn
         self.devices = jax.local_devices()
-        n = len(self.devices)
-        self._n = n
+        self._n = len(self.devices)
+        self._stacked = NamedSharding(Mesh(np.asarray(self.devices), (PMAP_AXIS,)), P(PMAP_AXIS))
         self._train = jax.pmap(functools.partial(steps.train_step, cfg=step_cfg),
                                axis_name=PMAP_AXIS, donate_argnums=0, devices=self.devices)
         self._train_many = jax.pmap(functools.partial(steps.train_steps, cfg=step_cfg),
@@ -117,7 +116,15 @@ class PmapStrategy:
         return self.place_state(host_tree(jax.jit(init_fn)()))
 
     def place_state(self, host_state: TrainState) -> TrainState:
-        return flax.jax_utils.replicate(host_state, self.devices)
+        """One copy per device, laid out exactly as pmap returns its outputs.
+
+        Matching pmap's output sharding keeps the second call from compiling the step again.
+        """
+        def put(x):
+            x = np.asarray(x)
+            return jax.make_array_from_callback((self._n, *x.shape), self._stacked,
+                                                lambda idx: x[None])
+        return jax.tree.map(put, host_state)
 
     def host_state(self, state: TrainState) -> TrainState:
         return self.fetch(state)
