@@ -1,0 +1,142 @@
+"""Preemption through launch.py: SIGKILL mid-run then the same command again gives bitwise the
+parameters of an uninterrupted run; SIGTERM saves a checkpoint at the step it stopped."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from cnn_jax.train import checkpoint as ckpt
+from cnn_jax.train import loop
+from cnn_jax.train.metrics import read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+TOTAL = 40
+
+EXPERIMENT = f'''
+from experiments.default import get_default_config
+
+
+def get_config():
+    c = get_default_config()
+    c.model.name = "mlp"
+    c.model.hidden_sizes = (16,)
+    c.model.norm = "batch"
+    c.model.dropout = 0.1
+    c.data.name = "synthetic"
+    c.data.synthetic_shape = (6, 6, 3)
+    c.data.synthetic_num_classes = 5
+    c.data.synthetic_num_examples = 96
+    c.batch_size = 16
+    c.total_steps = {TOTAL}
+    c.ema_decay = 0.9
+    c.log_every_steps = 1
+    c.eval_every_steps = 20
+    c.checkpoint_every_steps = 1   # a save every step: slow enough to be killed mid-run
+    return c
+'''
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    path = tmp_path_factory.mktemp("exp") / "tiny_signals.py"
+    path.write_text(EXPERIMENT)
+    return path
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+                CNN_JAX_CACHE=str(tmp_path_factory.mktemp("jax_cache")))
+
+
+@pytest.fixture(scope="module")
+def reference(experiment, tmp_path_factory):
+    """The uninterrupted run, in this process, from the same experiment file."""
+    sys.path.insert(0, str(REPO))
+    spec = importlib.util.spec_from_file_location("tiny_signals", experiment)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.compilation_cache = False
+    workdir = tmp_path_factory.mktemp("reference")
+    loop.train_and_evaluate(config, str(workdir))
+    return workdir
+
+
+def launch(experiment, workdir, env):
+    return subprocess.Popen(
+        [sys.executable, "launch.py", f"--config={experiment}", f"--workdir={workdir}"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_checkpoint(proc, workdir, at_least, timeout=300):
+    """Polls until a checkpoint >= `at_least` is complete; fails if the run ends first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        steps = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
+        if steps and max(steps) >= at_least:
+            return
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared in time")
+
+
+def params(workdir):
+    variables, _, step = ckpt.load_latest(str(workdir), use_ema=False)
+    return jax.tree.leaves(variables), step
+
+
+def assert_same_bits(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_sigkill_then_rerun_is_bitwise_equal_to_uninterrupted(experiment, env, reference,
+                                                                tmp_path):
+    workdir = tmp_path / "run"
+    proc = launch(experiment, workdir, env)
+    wait_for_checkpoint(proc, workdir, at_least=10)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (workdir / "results.json").exists()
+    killed_at = max(ckpt.checkpoint_steps(str(workdir)))
+    assert killed_at < TOTAL
+
+    proc = launch(experiment, workdir, env)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert "Resuming from checkpoint step" in out
+    leaves, step = params(workdir)
+    assert step == TOTAL
+    assert_same_bits(leaves, params(reference)[0])
+    train_steps = [r["step"] for r in read_jsonl(str(workdir / "metrics.jsonl"))
+                   if r["split"] == "train"]
+    assert train_steps == list(range(1, TOTAL + 1))  # nothing duplicated, nothing missing
+    assert json.loads((workdir / "results.json").read_text())["status"] == "finished"
+
+
+def test_sigterm_saves_at_the_step_it_stopped(experiment, env, reference, tmp_path):
+    workdir = tmp_path / "run"
+    proc = launch(experiment, workdir, env)
+    wait_for_checkpoint(proc, workdir, at_least=5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert "Stopped by SIGTERM at step" in out
+    stopped = int(out.split("Stopped by SIGTERM at step ")[1].split(":")[0])
+    assert 5 <= stopped < TOTAL
+    assert max(ckpt.checkpoint_steps(str(workdir))) == stopped
+    assert not (workdir / "results.json").exists()
+    records = read_jsonl(str(workdir / "metrics.jsonl"))
+    assert max(r["step"] for r in records) == stopped
