@@ -89,3 +89,25 @@ def test_get_sweep_restricts_axes_through_its_args():
     assert [n for n, _ in _load("mlp_vs_cnn_cifar10").get_sweep("nets=mlp")] == ["mlp"]
     with pytest.raises(ValueError, match="not one of"):
         _load("mlp_vs_cnn_cifar10").get_sweep("nets=mlp+rnn")
+
+
+RUNLOCAL = [("ablation_depth", "runlocal,data=synthetic,depth=32,residual=False"),
+            ("ablation_norm", "runlocal,data=synthetic,norm=none"),
+            ("mlp_vs_cnn_cifar10", "runlocal,data=synthetic,net=mlp"),
+            ("mlp_vs_cnn_cifar10", "runlocal,data=synthetic"),
+            ("resnet18_fashion_mnist", "runlocal"),
+            *[(name, "runlocal") for name in RECIPES if name.startswith("imagenet_")]]
+
+
+@pytest.mark.parametrize("name,arg", RUNLOCAL)
+def test_runlocal_configs_pass_the_engines_setup(name, arg, tmp_path):
+    """Config, data, model shapes and schedule all check out, short of training a step."""
+    from cnn_jax.train import loop
+
+    config = _load(name).get_config(arg)
+    if config.data.name == "fashion_mnist" and not Path(
+            "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST IDX files not installed (apt-get install dataset-fashion-mnist)")
+    config.data.cache_dir = str(tmp_path)
+    setup = loop.Setup(config)
+    assert setup.total_steps == config.total_steps
