@@ -12,7 +12,6 @@ import types
 from collections.abc import Mapping
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 
 def split_names(spec: str) -> list[str]:
@@ -44,6 +43,8 @@ def resolve(spec: str, sizes: Mapping[str, int], where: str) -> list[tuple[str, 
     for name in names:
         if name != "all" and name not in sizes:
             raise unknown_split_error(spec, name, list(sizes), where)
+    import tensorflow_datasets as tfds  # local: importing tfds costs about a second
+
     # Only the referenced splits are sized: `sizes` may load a split lazily on lookup.
     wanted = list(sizes) if "all" in names else names
     infos = {
