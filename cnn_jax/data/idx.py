@@ -64,10 +64,10 @@ def _parse_header(data: bytes, path: Path, ndim_expected: int) -> tuple[tuple[in
     return dims, header
 
 
-def read_count(path: Path, ndim_expected: int) -> int:
-    """Number of items in an IDX file, reading only its header."""
+def read_dims(path: Path, ndim_expected: int) -> tuple[int, ...]:
+    """The array shape an IDX file declares, reading only its header."""
     dims, _ = _parse_header(_read_bytes(path, limit=4 + 4 * ndim_expected), path, ndim_expected)
-    return dims[0]
+    return dims
 
 
 def read_idx(path: Path, ndim_expected: int) -> np.ndarray:

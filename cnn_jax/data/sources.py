@@ -199,7 +199,8 @@ def _idx_source(cfg: Any, name: str, directory: str) -> Source:
     num_classes = len(CLASS_NAMES[name])
     available = [s for s, (img, lab) in idx.IDX_FILES.items()
                  if idx.find_file(directory, img) and idx.find_file(directory, lab)]
-    sizes = {s: idx.read_count(idx.find_file(directory, idx.IDX_FILES[s][0]), 3) for s in available}
+    dims = {s: idx.read_dims(idx.find_file(directory, idx.IDX_FILES[s][0]), 3) for s in available}
+    sizes = {s: d[0] for s, d in dims.items()}
     files = [idx.find_file(directory, stem) for s in available for stem in idx.IDX_FILES[s]]
 
     def load(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -207,7 +208,7 @@ def _idx_source(cfg: Any, name: str, directory: str) -> Source:
 
     return Source(
         name=name, kind="array", origin=f"IDX files in {directory}", class_names=CLASS_NAMES[name],
-        split_names=available, load_base=load, shape=(28, 28, 1),
+        split_names=available, load_base=load, shape=tuple(dims["train"][1:]) + (1,),
         cache_dir=_cache_dir(cfg, directory), fingerprint=cache.file_fingerprint(files),
         published=name, base_sizes=sizes,
     )
