@@ -12,6 +12,7 @@ import signal
 import statistics
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -236,7 +237,9 @@ class _StopFlag:
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
+        # Multi-process runs leave SIGTERM to JAX's preemption sync manager, which agrees on a
+        # step at which every process stops (see `stop_requested`).
+        if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
@@ -251,12 +254,28 @@ class _StopFlag:
             signal.signal(sig, handler)
         self._previous = {}
 
-    def stop_requested(self, step: int) -> bool:
+    def stop_requested(self, dispatch: int) -> bool:
+        """True when the loop should stop; `dispatch` counts calls, the same on every process."""
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
-            if multihost_utils.reached_preemption_sync_point(step):
+            if multihost_utils.reached_preemption_sync_point(dispatch):
                 self.signum = signal.SIGTERM
         return self.signum is not None
+
+
+def _barrier(name: str) -> None:
+    """Waits for every process (a no-op in single-process runs)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def _params_crc(params: Any) -> str:
+    """CRC32 over every parameter: equal on all processes when the replicas agree."""
+    crc = 0
+    for x in jax.tree.leaves(params):
+        crc = zlib.crc32(np.ascontiguousarray(x).view(np.uint8).reshape(-1), crc)
+    return f"{crc:08x}"
 
 
 def _next_boundary(step: int, every: int, total: int) -> int:
@@ -379,12 +398,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         state = setup.state_from_tree(tree)
         del tree
         elapsed_before = float(meta.get("wall_time", 0.0))
-        if is_writer:
-            for bad_step, _ in problems:
-                if bad_step > start_step:
+        bad_steps = [bad for bad, _ in problems if bad > start_step]
+        if bad_steps:  # out of the way, or the run would stop when it reaches those steps
+            for bad_step in bad_steps:
+                if is_writer:
                     moved = store.quarantine(bad_step)
                     print(f"WARNING: moved unreadable checkpoint {bad_step} to {moved}",
                           flush=True)
+            _barrier("quarantine")
+            store.manager.reload()
         print(f"Resuming from checkpoint step {start_step} in {store.directory}", flush=True)
     else:
         state = setup.strategy.create_state(setup.init_fn)
@@ -469,9 +491,11 @@ def _train_loop(setup: Setup, state: TrainState, start_step: int, workdir: str,
                 f"{f'step {good[-1]} in {store.directory}' if good else 'none'}. Lower "
                 f"optim.lr, set grad_clip_norm, or check the data.")
 
+    dispatch = 0
     while step < total:
-        if stop.stop_requested(step):
+        if stop.stop_requested(dispatch):
             break
+        dispatch += 1
         boundary = min(_next_boundary(step, b, total) for b in (log_every, eval_every, ckpt_every))
         n = per_dispatch if per_dispatch > 1 and boundary - step >= per_dispatch else 1
         if on_device is not None:
@@ -543,12 +567,20 @@ def _train_loop(setup: Setup, state: TrainState, start_step: int, workdir: str,
         split_records[label] = m
     store.wait()
     logger.flush()
-    n_params, macs = _model_size(setup, state.params if config.parallel == "jit"
-                                 else strategy.fetch(state.params))
+    host_params = strategy.fetch(state.params)
+    n_params, macs = _model_size(setup, host_params)
+    crc = _params_crc(host_params)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        print(f"[process {jax.process_index()}] final params crc32 {crc}", flush=True)
+        crcs = multihost_utils.process_allgather(np.array([int(crc, 16)], np.int64))
+        if len(set(np.asarray(crcs).reshape(-1).tolist())) != 1:
+            raise RuntimeError(f"The processes ended with different parameters (crc32 per "
+                               f"process: {np.asarray(crcs).reshape(-1).tolist()}).")
     results = {
         "status": "finished", "step": step, "epochs": step / spe, "total_steps": total,
         "steps_per_epoch": spe, "model": config.model.name, "data": config.data.name,
-        "params": n_params, "macs": macs, "wall_time_s": wall(),
+        "params": n_params, "macs": macs, "params_crc32": crc, "wall_time_s": wall(),
         "num_devices": jax.device_count(), "num_processes": jax.process_count(),
         "parallel": config.parallel, "batch_size": config.batch_size, "seed": config.seed,
         "config": cfg_dict, **_final_summary(workdir, split_records),
