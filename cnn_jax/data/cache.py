@@ -73,6 +73,7 @@ def file_fingerprint(paths: Iterable[str | os.PathLike]) -> str:
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; caches beside shared data must be readable
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -101,6 +102,7 @@ def write_arrays(path: Path, **arrays: np.ndarray) -> None:
     """Writes arrays as an uncompressed .npz atomically (temp file + os.replace)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)
