@@ -71,7 +71,7 @@ def output_size(
     if padded < k or out < 1:
         why = f" (padded input {padded} < kernel {k})" if padded < k else ""
         raise ValueError(
-            f"layer '{layer}': input size {n} is too small for kernel {k}, stride {stride}, "
+            f"layer {layer}: input size {n} is too small for kernel {k}, stride {stride}, "
             f"padding {padding}: {rnd}(({n} + {pad_txt} - {k})/{stride}) + 1 = {out} < 1{why}. "
             "Use a larger input, fewer downsampling layers, or a model variant made for small "
             "images (e.g. small_stem=True; see cnn_jax.models.default_input_shape)."

@@ -1,0 +1,67 @@
+"""Multi-layer perceptron on flattened images, and the fully-connected classifier head of conv nets."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cnn_jax.layers import NORMS, activation, check_choice, make_norm
+
+
+class Classifier(nn.Module):
+    """Dense-ReLU-Dropout stack ending in a linear layer to `num_classes` logits.
+
+    `dropout_first=True` applies dropout before each hidden Dense (torchvision's AlexNet order),
+    otherwise after each hidden activation (the AlexNet paper's and torchvision's VGG order).
+    """
+
+    hidden_sizes: Sequence[int]
+    num_classes: int
+    dropout: float = 0.5
+    dropout_first: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        drop = nn.Dropout(self.dropout, deterministic=not train) if self.dropout > 0 else None
+        for i, width in enumerate(self.hidden_sizes):
+            if drop is not None and self.dropout_first:
+                x = drop(x)
+            x = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"fc{i + 1}")(x))
+            if drop is not None and not self.dropout_first:
+                x = drop(x)
+        if drop is not None and self.dropout_first and not self.hidden_sizes:
+            x = drop(x)
+        return nn.Dense(self.num_classes, dtype=self.dtype, name=f"fc{len(self.hidden_sizes) + 1}")(x)
+
+
+class MLP(nn.Module):
+    """Flatten -> [Dense -> norm -> activation -> dropout] x len(hidden_sizes) -> Dense logits."""
+
+    num_classes: int = 10
+    hidden_sizes: Sequence[int] = (512, 512)
+    activation: str = "relu"
+    dropout: float = 0.0
+    norm: str = "none"
+    dtype: Any = jnp.float32
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        check_choice("norm", self.norm, NORMS)
+        act = activation(self.activation)
+        norm = make_norm(self.norm, train=train, dtype=self.dtype, momentum=self.bn_momentum,
+                         epsilon=self.bn_epsilon, axis_name=self.bn_axis_name)
+        x = x.reshape(x.shape[0], -1).astype(self.dtype)
+        for i, width in enumerate(self.hidden_sizes):
+            x = nn.Dense(width, use_bias=norm is None, dtype=self.dtype, name=f"fc{i + 1}")(x)
+            if norm is not None:
+                x = norm(name=f"norm{i + 1}")(x)
+            x = act(x)
+            if self.dropout > 0:
+                x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, name=f"fc{len(self.hidden_sizes) + 1}")(x)
+        return x.astype(jnp.float32)

@@ -1,0 +1,133 @@
+"""Model registry: every network by name, with its designed input shape and default class count.
+
+`build(name, num_classes, **overrides)` turns plain values (as found in a config) into a module;
+models never see the config object. Variants are one-line entries over a family's fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cnn_jax.layers import NORMS, SHORTCUTS
+from cnn_jax.models.alexnet import TORCHVISION_LAYERS, AlexNet
+from cnn_jax.models.googlenet import GoogLeNet
+from cnn_jax.models.lenet import LeNet5
+from cnn_jax.models.mlp import MLP
+from cnn_jax.models.resnet import CifarResNet, ResNet
+from cnn_jax.models.vgg import STAGES, VGG
+
+IMAGENET = (224, 224, 3)
+CIFAR = (32, 32, 3)
+MNIST = (28, 28, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A registered variant: module class, its fixed fields, designed input and class count."""
+
+    cls: type[nn.Module]
+    fields: Mapping[str, Any]
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    about: str
+
+
+def _specs() -> dict[str, ModelSpec]:
+    specs = {
+        "mlp": ModelSpec(MLP, {}, MNIST, 10, "multi-layer perceptron, hidden (512, 512)"),
+        "lenet5": ModelSpec(LeNet5, {}, MNIST, 10, "LeNet-5, lecture version"),
+        "alexnet": ModelSpec(AlexNet, {}, (227, 227, 3), 1000, "AlexNet, lecture single tower"),
+        "alexnet_tv": ModelSpec(
+            AlexNet, {"conv_layers": TORCHVISION_LAYERS, "adaptive_pool": 6,
+                      "dropout_first": True}, IMAGENET, 1000, "AlexNet, torchvision variant"),
+        "googlenet": ModelSpec(GoogLeNet, {}, IMAGENET, 1000, "GoogLeNet / Inception v1 + BN"),
+    }
+    for depth, stages in STAGES.items():
+        specs[f"vgg{depth}"] = ModelSpec(VGG, {"stage_sizes": stages}, IMAGENET, 1000,
+                                         f"VGG-{depth}")
+        specs[f"vgg{depth}_bn"] = ModelSpec(VGG, {"stage_sizes": stages, "norm": "batch"},
+                                            IMAGENET, 1000, f"VGG-{depth} with BatchNorm")
+    imagenet_resnets = {18: ((2, 2, 2, 2), "basic"), 34: ((3, 4, 6, 3), "basic"),
+                        50: ((3, 4, 6, 3), "bottleneck"), 101: ((3, 4, 23, 3), "bottleneck"),
+                        152: ((3, 8, 36, 3), "bottleneck")}
+    for depth, (stages, block) in imagenet_resnets.items():
+        fields = {"stage_sizes": stages, "block": block}
+        specs[f"resnet{depth}"] = ModelSpec(ResNet, fields, IMAGENET, 1000,
+                                            f"ResNet-{depth} (v1.5)")
+        specs[f"plain{depth}"] = ModelSpec(ResNet, {**fields, "residual": False}, IMAGENET, 1000,
+                                           f"plain {depth}-layer twin of ResNet-{depth}")
+    for depth in (20, 32, 44, 56, 110):
+        specs[f"resnet{depth}"] = ModelSpec(CifarResNet, {"depth": depth}, CIFAR, 10,
+                                            f"CIFAR ResNet-{depth}")
+        specs[f"plain{depth}"] = ModelSpec(CifarResNet, {"depth": depth, "residual": False},
+                                           CIFAR, 10, f"CIFAR plain-{depth}")
+    return specs
+
+
+MODELS: Mapping[str, ModelSpec] = _specs()
+
+
+def _spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        close = difflib.get_close_matches(str(name), list(MODELS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown model {name!r}.{hint} Valid names: {', '.join(list_models())}")
+    return MODELS[name]
+
+
+def list_models() -> list[str]:
+    """Every registered model name."""
+    return sorted(MODELS)
+
+
+def default_input_shape(name: str) -> tuple[int, int, int]:
+    """(H, W, C) of the input the model was designed for."""
+    return _spec(name).input_shape
+
+
+def default_num_classes(name: str) -> int:
+    """Classes of the data set the model was designed for (10 for MNIST/CIFAR nets, else 1000)."""
+    return _spec(name).num_classes
+
+
+def model_fields(name: str) -> list[str]:
+    """The fields that `build(name, **overrides)` accepts."""
+    return [f.name for f in dataclasses.fields(_spec(name).cls) if f.name not in ("parent", "name")]
+
+
+def _coerce(key: str, value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_coerce(key, v) for v in value)
+    if key == "dtype" and isinstance(value, str):
+        try:
+            return jnp.dtype(value)
+        except TypeError as e:
+            raise ValueError(f"dtype={value!r} is not a dtype; use 'float32' or 'bfloat16'") from e
+    return value
+
+
+def build(name: str, num_classes: int = 1000, **overrides: Any) -> nn.Module:
+    """The model `name` for `num_classes` classes, with `overrides` of its fields."""
+    spec = _spec(name)
+    fields = model_fields(name)
+    for key in overrides:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"model {name!r} has no field {key!r}.{hint} "
+                             f"Its fields: {', '.join(f for f in fields if f != 'num_classes')}")
+    kwargs = {**spec.fields, **{k: _coerce(k, v) for k, v in overrides.items()},
+              "num_classes": int(num_classes)}
+    for key, choices in (("norm", NORMS), ("shortcut", SHORTCUTS)):
+        if key in kwargs and kwargs[key] not in choices:
+            raise ValueError(f"model {name!r}: {key}={kwargs[key]!r} is not valid; "
+                             f"choose one of {choices}")
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes={num_classes} must be >= 1")
+    return spec.cls(**kwargs)

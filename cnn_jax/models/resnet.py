@@ -1,0 +1,106 @@
+"""Residual networks (He et al. 2016) and their plain twins, ImageNet and CIFAR variants.
+
+ImageNet ResNets default to torchvision's v1.5 (stride on the 3x3 of the bottleneck) with
+projection shortcuts where the shape changes (option "B"); `stride_on_1x1=True` gives the paper's
+v1. `small_stem=True` replaces the 7x7/2 conv and max-pool by a 3x3/1 conv for 32x32 inputs.
+CIFAR ResNets follow section 4.2: 6n+2 layers, 16-32-64 channels, shortcut option "A".
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cnn_jax.layers import (NORMS, SHORTCUTS, BasicBlock, BottleneckBlock, ConvBlock,
+                            GlobalAvgPool, MaxPool, activation, check_choice, make_conv,
+                            make_norm)
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
+
+
+class ResNet(nn.Module):
+    """ImageNet-style ResNet: stem, four stages of residual blocks, global average pool, fc."""
+
+    num_classes: int = 1000
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    block: str = "basic"
+    width: int = 64
+    shortcut: str = "B"
+    residual: bool = True
+    stride_on_1x1: bool = False
+    small_stem: bool = False
+    zero_init_last_bn: bool = False
+    activation: str = "relu"
+    norm: str = "batch"
+    dtype: Any = jnp.float32
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        check_choice("norm", self.norm, NORMS)
+        check_choice("block", self.block, tuple(BLOCKS))
+        check_choice("shortcut", self.shortcut, SHORTCUTS)
+        act = activation(self.activation)
+        norm = make_norm(self.norm, train=train, dtype=self.dtype, momentum=self.bn_momentum,
+                         epsilon=self.bn_epsilon, axis_name=self.bn_axis_name)
+        conv = make_conv(self.dtype, use_bias=norm is None)
+        x = x.astype(self.dtype)
+        if self.small_stem:
+            x = ConvBlock(self.width, (3, 3), 1, 1, conv=conv, norm=norm, act=act, name="stem")(x)
+        else:
+            x = ConvBlock(self.width, (7, 7), 2, 3, conv=conv, norm=norm, act=act, name="stem")(x)
+            x = MaxPool(3, 2, padding=1, name="stem_pool")(x)
+        extra = {"stride_on_1x1": self.stride_on_1x1} if self.block == "bottleneck" else {}
+        for s, n in enumerate(self.stage_sizes):
+            for b in range(n):
+                x = BLOCKS[self.block](
+                    self.width * 2 ** s, strides=2 if s > 0 and b == 0 else 1, conv=conv,
+                    norm=norm, act=act, shortcut=self.shortcut, residual=self.residual,
+                    zero_init_last_bn=self.zero_init_last_bn, name=f"stage{s + 1}_block{b + 1}",
+                    **extra)(x)
+        x = GlobalAvgPool(name="avgpool")(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+        return x.astype(jnp.float32)
+
+
+class CifarResNet(nn.Module):
+    """CIFAR ResNet of He et al. 2016 sec. 4.2: 3x3 conv, 3 stages of n basic blocks, pool, fc."""
+
+    num_classes: int = 10
+    depth: int = 20
+    widths: Sequence[int] = (16, 32, 64)
+    shortcut: str = "A"
+    residual: bool = True
+    zero_init_last_bn: bool = False
+    activation: str = "relu"
+    norm: str = "batch"
+    dtype: Any = jnp.float32
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        check_choice("norm", self.norm, NORMS)
+        check_choice("shortcut", self.shortcut, SHORTCUTS)
+        if self.depth < 8 or (self.depth - 2) % 6:
+            raise ValueError(f"CifarResNet depth={self.depth} must be 6n+2 (20, 32, 44, 56, 110)")
+        n = (self.depth - 2) // 6
+        act = activation(self.activation)
+        norm = make_norm(self.norm, train=train, dtype=self.dtype, momentum=self.bn_momentum,
+                         epsilon=self.bn_epsilon, axis_name=self.bn_axis_name)
+        conv = make_conv(self.dtype, use_bias=norm is None)
+        x = x.astype(self.dtype)
+        x = ConvBlock(self.widths[0], (3, 3), 1, 1, conv=conv, norm=norm, act=act, name="stem")(x)
+        for s, width in enumerate(self.widths):
+            for b in range(n):
+                x = BasicBlock(width, strides=2 if s > 0 and b == 0 else 1, conv=conv, norm=norm,
+                               act=act, shortcut=self.shortcut, residual=self.residual,
+                               zero_init_last_bn=self.zero_init_last_bn,
+                               name=f"stage{s + 1}_block{b + 1}")(x)
+        x = GlobalAvgPool(name="avgpool")(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+        return x.astype(jnp.float32)
