@@ -243,3 +243,47 @@ def test_bad_numbers_are_clear_errors(tmp_path):
         loop.train_and_evaluate(tiny_config(batch_size=128), str(tmp_path))
     with pytest.raises(ValueError, match="keep_best_metric"):
         loop.train_and_evaluate(tiny_config(keep_best_metric="acc"), str(tmp_path))
+
+
+def test_several_steps_per_dispatch_train_like_single_steps(reference, tmp_path):
+    run = tmp_path / "run"
+    loop.train_and_evaluate(tiny_config(steps_per_dispatch=3), str(run))  # scans of 3 steps
+    for a, b in zip(params_of(run)[0], params_of(reference[0])[0]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    steps = [(r["split"], r["step"]) for r in read_jsonl(str(run / "metrics.jsonl"))]
+    assert steps == [(r["split"], r["step"]) for r in read_jsonl(str(reference[0] /
+                                                                     "metrics.jsonl"))]
+
+
+def test_on_device_data_trains_and_resumes_exactly(tmp_path):
+    config = tiny_config(**{"data.on_device": True, "steps_per_dispatch": 2,
+                            "data.flip": True, "data.crop_padding": 1})
+    full, run = tmp_path / "full", tmp_path / "run"
+    results = loop.train_and_evaluate(config, str(full))
+    assert results["status"] == "finished" and results["final"]["test"]["num_examples"] == 24
+    loop.train_and_evaluate(config, str(run))
+    shutil.rmtree(run / "checkpoints" / "12")
+    (run / "results.json").unlink()
+    loop.train_and_evaluate(config, str(run))
+    assert_bitwise_equal(params_of(run)[0], params_of(full)[0])
+
+
+def test_bfloat16_compute_keeps_float32_params_and_optimizer_state(tmp_path):
+    results = loop.train_and_evaluate(tiny_config(dtype="bfloat16", total_steps=6), str(tmp_path))
+    assert np.isfinite(results["final"]["train"]["loss"])
+    store = ckpt.CheckpointStore(str(tmp_path), read_only=True)
+    meta = store.read_meta(6)
+    tree = store.read_state(6, meta, None)
+    store.close()
+    dtypes = {np.asarray(x).dtype for x in jax.tree.leaves((tree["params"], tree["opt_state"]))
+              if np.asarray(x).dtype.kind == "f"}
+    assert dtypes == {np.dtype(np.float32)}
+
+
+def test_keeps_the_last_checkpoints_plus_the_best(tmp_path):
+    config = tiny_config(keep_checkpoints=1, eval_every_steps=2, checkpoint_every_steps=2,
+                         async_checkpoints=False, **{"optim.lr": 0.3})
+    loop.train_and_evaluate(config, str(tmp_path))
+    evals = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if r["split"] == "test"]
+    best = max(evals, key=lambda r: (r["top1"], r["step"]))["step"]
+    assert ckpt.checkpoint_steps(str(tmp_path)) == sorted({best, STEPS})

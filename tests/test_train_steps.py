@@ -161,3 +161,33 @@ def test_ema_tracks_params():
     expect = jax.tree.map(lambda p, e: 0.5 * p + 0.5 * e, new.params, state.ema_params)
     for a, b in zip(jax.tree.leaves(new.ema_params), jax.tree.leaves(expect)):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+class AuxNet(nn.Module):
+    """GoogLeNet-like: (logits, aux1, aux2) in train mode, logits alone otherwise."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        h = x.reshape(x.shape[0], -1)
+        logits = nn.Dense(4)(h)
+        if not train:
+            return logits
+        return logits, nn.Dense(4, name="aux1")(h), nn.Dense(4, name="aux2")(h)
+
+
+def test_auxiliary_logits_weigh_into_the_training_loss():
+    c = _config(schedule="constant")
+    model = AuxNet()
+    state = create_train_state(model, optax.sgd(0.0), 0, (6, 6, 2), ema=False)
+    assert "aux1" in state.params  # created by the train-mode initialisation
+    cfg = steps.StepConfig(apply_fn=model.apply, tx=optax.sgd(0.0),
+                           schedule=optim.create_schedule(c, 1, 10), num_classes=4,
+                           aux_loss_weight=0.3)
+    batch = _batch()
+    _, m = steps.train_step(state, batch, cfg)
+    main, a1, a2 = model.apply({"params": state.params}, batch["image"], train=True)
+    ce = [optax.softmax_cross_entropy_with_integer_labels(l, batch["label"]).mean()
+          for l in (main, a1, a2)]
+    assert float(m["loss"]) == pytest.approx(float(ce[0] + 0.3 * (ce[1] + ce[2])), rel=1e-5)
+    sums = steps.eval_step(state, batch, cfg)  # inference: main logits only
+    assert float(sums["loss"]) == pytest.approx(8 * float(ce[0]), rel=1e-5)
