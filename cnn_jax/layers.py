@@ -1,8 +1,9 @@
 """Building blocks shared by every network of the zoo (Flax linen).
 
-Blocks take pre-configured `conv` and `norm` partials (as in Flax's ImageNet example), so the compute
-dtype, BatchNorm momentum, the train/eval switch and the pmap axis are decided once, at the top of a
-model, and flow into every block. Parameters always stay float32; `dtype` is the compute dtype.
+Blocks take pre-configured `conv` and `norm` partials (as in Flax's ImageNet example), so the
+compute dtype, BatchNorm momentum, the train/eval switch and the pmap axis are decided once, at the
+top of a model, and flow into every block. Parameters always stay float32; `dtype` is the compute
+dtype.
 
 Every convolution and pooling layer checks its output size at trace time with `output_size`, so an
 input too small for a network fails under `jax.eval_shape` with a message naming the layer, the
@@ -112,7 +113,7 @@ def check_output_shape(
     pads = _pad_pairs(padding, n)
     if pads == "SAME":
         if min(spatial) < 1:
-            raise ValueError(f"layer '{layer}': empty input of spatial shape {tuple(spatial)}")
+            raise ValueError(f"layer {layer}: empty input of spatial shape {tuple(spatial)}")
         return tuple(-(-d // s) for d, s in zip(spatial, strides))
     if pads == "VALID":
         pads = [(0, 0)] * n
@@ -156,7 +157,6 @@ class GroupNorm(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     scale_init: Callable = nn.initializers.ones
-    axis_name: str | None = None  # accepted for a uniform norm interface; statistics are per example
 
     @nn.compact
     def __call__(self, x):
@@ -200,7 +200,7 @@ def make_norm(
         return functools.partial(LayerNorm, epsilon=epsilon, dtype=dtype)
     if kind == "none":
         return None
-    raise ValueError(f"norm={kind!r} is not one of {NORMS}; set the model field `norm` to one of them")
+    raise ValueError(f"norm={kind!r} is not one of {NORMS}; set the model field `norm` to one")
 
 
 def make_conv(dtype: Any = jnp.float32, use_bias: bool = False,
@@ -269,8 +269,10 @@ class MaxPool(nn.Module):
         strides = _tuple(self.strides if self.strides is not None else self.window, 2)
         out = check_output_shape(_layer_name(self), x.shape[1:3], window, strides, self.padding,
                                  ceil_mode=self.ceil_mode)
-        pads = [(self.padding, (o - 1) * s + k - n - self.padding)
-                for n, k, s, o in zip(x.shape[1:3], window, strides, out)]
+        pads = [(self.padding, self.padding)] * 2
+        if self.ceil_mode:  # pad the high side just enough for the extra (partial) window
+            pads = [(self.padding, max(0, (o - 1) * s + k - n - self.padding))
+                    for n, k, s, o in zip(x.shape[1:3], window, strides, out)]
         return nn.max_pool(x, window, strides, padding=pads)
 
 
@@ -392,7 +394,7 @@ class _ResidualBase(nn.Module):
 
 
 class BasicBlock(_ResidualBase):
-    """Two 3x3 conv-norm layers (+ shortcut). `residual=False` gives the plain (no-shortcut) twin."""
+    """Two 3x3 conv-norm layers + shortcut; `residual=False` gives the plain (no-shortcut) twin."""
 
     features: int
     strides: int = 1

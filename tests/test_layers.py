@@ -1,4 +1,4 @@
-"""Layers: the lecture's worked examples, shape arithmetic, normalisation and the residual blocks."""
+"""Layers: the lecture's worked examples, shape arithmetic, normalisation, residual blocks."""
 
 import functools
 import itertools
