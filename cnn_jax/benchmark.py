@@ -36,6 +36,7 @@ from absl import app, flags
 RECOMMENDED_CPU_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 
 MODES = ("train", "infer", "both")
+DATA = ("synthetic", "on_device")
 DTYPES = ("float32", "bfloat16")
 
 FLAGS = flags.FLAGS
@@ -56,6 +57,11 @@ flags.DEFINE_string("xla_flags", "auto",
 flags.DEFINE_string("cache_dir", "",
                     "Persistent compilation cache directory ('' = off). A second run with the "
                     "same directory shows the first step of a re-launched run.")
+flags.DEFINE_enum("data", "synthetic", DATA,
+                  "synthetic: one random batch resident on the device; on_device: each step "
+                  "draws its batch from a uint8 split on the device with the data module's "
+                  "on-device augmentation (crop+flip+normalise) fused into the jitted step.")
+flags.DEFINE_integer("data_examples", 50_000, "Split size for --data=on_device.")
 flags.DEFINE_bool("engine_step", True, "Use the engine's train_step when it imports.")
 flags.DEFINE_multi_string("set", [], "Model field override KEY=VALUE (repeatable).")
 flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
@@ -77,6 +83,8 @@ class BenchConfig:
     mode: str = "both"
     steps_per_dispatch: int = 1
     engine_step: bool = True
+    data: str = "synthetic"
+    data_examples: int = 50_000
     overrides: tuple[tuple[str, Any], ...] = ()
 
 
@@ -137,6 +145,10 @@ def _check(cfg: BenchConfig) -> None:
         raise ValueError(f"--mode={cfg.mode!r} is not one of {MODES}")
     if cfg.dtype not in DTYPES:
         raise ValueError(f"--dtype={cfg.dtype!r} is not one of {DTYPES}")
+    if cfg.data not in DATA:
+        raise ValueError(f"--data={cfg.data!r} is not one of {DATA}")
+    if cfg.data == "on_device" and cfg.data_examples < cfg.batch:
+        raise ValueError(f"--data_examples={cfg.data_examples} must be >= --batch={cfg.batch}")
     if cfg.steps % cfg.steps_per_dispatch:
         raise ValueError(f"--steps={cfg.steps} must be a multiple of "
                          f"--steps_per_dispatch={cfg.steps_per_dispatch}")
@@ -194,6 +206,30 @@ def _make_train(model: Any, cfg: BenchConfig, input_shape: tuple[int, ...], num_
     return jax.jit(init), _standalone_step(model.apply, tx), "standalone"
 
 
+def _on_device_data(cfg: BenchConfig, input_shape: tuple[int, ...], num_classes: int
+                    ) -> tuple[dict, Callable]:
+    """(uint8 split on the device, batch_fn(arrays, step)) from cnn_jax.data.on_device.
+
+    The split is random uint8 images (no files, no TensorFlow); augmentation is CIFAR's
+    (4-pixel padded crop, flip, per-channel normalisation) as the data module does it.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from cnn_jax.data import on_device
+
+    n = cfg.data_examples
+    settings = on_device._Settings(
+        seed=0, batch_size=cfg.batch, steps_per_epoch=n // cfg.batch, padding=4, flip=True,
+        mixup_alpha=0.0, cutmix_alpha=0.0, num_classes=num_classes,
+        scale=(1 / 63.0,) * input_shape[-1], bias=(-2.0,) * input_shape[-1])
+    rng = np.random.default_rng(0)
+    arrays = {"images": jnp.asarray(rng.integers(0, 256, (n, *input_shape), dtype=np.uint8)),
+              "labels": jnp.asarray(rng.integers(0, num_classes, n, dtype=np.int32))}
+    return jax.block_until_ready(arrays), lambda a, step: on_device._batch(settings, a, step)
+
+
 def _timed(fn: Callable[[], Any], calls: int) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) for `calls` calls of fn, blocking on the last result."""
     import jax
@@ -249,6 +285,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "model": cfg.model, "batch": cfg.batch, "input_shape": list(input_shape),
         "num_classes": num_classes, "dtype": cfg.dtype, "steps": cfg.steps,
         "repeats": cfg.repeats, "steps_per_dispatch": k, "overrides": dict(cfg.overrides),
+        "data": cfg.data,
         "backend": jax.default_backend(), "device": dev.device_kind,
         "num_devices": jax.device_count(), "jax": jax.__version__, "flax": flax.__version__,
         "optax": optax.__version__, "python": platform.python_version(),
@@ -262,22 +299,31 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         t_start = time.perf_counter()
         init, step, impl = _make_train(model, cfg, input_shape, num_classes)
         state = init()
-        if k > 1:
-            def many(s, b):
-                return jax.lax.scan(step, s, b)
-            fn = jax.jit(many, donate_argnums=0)
-        else:
-            fn = jax.jit(step, donate_argnums=0)
+        arrays, batch_fn = None, None
+        if cfg.data == "on_device":
+            arrays, batch_fn = _on_device_data(cfg, input_shape, num_classes)
+            batch = {"step": jnp.zeros((k,) if k > 1 else (), jnp.int32)}
+
+        def one(s, b, split):
+            if batch_fn is not None:  # draw and augment the batch inside the jitted step
+                # The engine's state counts steps; the standalone state re-draws b["step"].
+                b = batch_fn(split, s.step if impl == "engine" else b["step"])
+            return step(s, b)
+
+        def many(s, b, split):
+            return jax.lax.scan(lambda s, b: one(s, b, split), s, b)
+
+        fn = jax.jit(many if k > 1 else one, donate_argnums=0)
         t0 = time.perf_counter()
-        compiled = fn.lower(state, batch).compile()
+        compiled = fn.lower(state, batch, arrays).compile()
         compile_s = time.perf_counter() - t0
-        state, metrics = compiled(state, batch)
+        state, metrics = compiled(state, batch, arrays)
         jax.block_until_ready(metrics)
         first_step_s = time.perf_counter() - t_start
         holder = [state]
 
         def call():
-            holder[0], m = compiled(holder[0], batch)
+            holder[0], m = compiled(holder[0], batch, arrays)
             return m
 
         _timed(call, cfg.warmup)
@@ -309,7 +355,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         params, bs = ((state.params, state.batch_stats) if not isinstance(state, dict)
                       else (state["params"], state["batch_stats"]))
         variables = {"params": params, "batch_stats": bs}
-        images = batch["image"][0] if k > 1 else batch["image"]
+        images = jax.random.normal(kx, (cfg.batch, *input_shape), jnp.float32) + 0.5
         infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
         t0 = time.perf_counter()
         compiled_infer = infer.lower(variables, images).compile()
@@ -359,6 +405,7 @@ def main(argv: list[str]) -> None:
         channels=FLAGS.channels, num_classes=FLAGS.num_classes, dtype=FLAGS.dtype,
         steps=FLAGS.steps, warmup=FLAGS.warmup, repeats=FLAGS.repeats, mode=FLAGS.mode,
         steps_per_dispatch=FLAGS.steps_per_dispatch, engine_step=FLAGS.engine_step,
+        data=FLAGS.data, data_examples=FLAGS.data_examples,
         overrides=parse_overrides(FLAGS.set))
     try:
         result = run(cfg)

@@ -26,19 +26,23 @@ def test_run_reports_train_and_infer_keys():
     assert r["peak_memory_bytes"] is None or r["peak_memory_bytes"] > 0
 
 
-def test_scan_dispatch_and_overrides():
+@pytest.mark.parametrize("data", ["synthetic", "on_device"])
+def test_scan_dispatch_overrides_and_on_device_data(data):
     r = benchmark.run(benchmark.BenchConfig(model="mlp", mode="train", steps_per_dispatch=2,
                                             image_size=8, channels=3, num_classes=7,
+                                            data=data, data_examples=16,
                                             overrides=(("hidden_sizes", (16,)),), **TINY))
     assert r["steps_per_dispatch"] == 2 and r["input_shape"] == [8, 8, 3]
     assert r["num_classes"] == 7 and "infer_img_per_s" not in r
     assert r["params"] == 8 * 8 * 3 * 16 + 16 + 16 * 7 + 7
+    assert r["data"] == data and r["first_loss_finite"]
 
 
 @pytest.mark.parametrize("cfg, match", [
     (dict(model="lenet5", batch=0), "--batch"),
     (dict(model="lenet5", steps=3, steps_per_dispatch=2), "multiple"),
     (dict(model="lenet6"), "lenet5"),
+    (dict(model="lenet5", data="on_device", data_examples=1), "data_examples"),
 ])
 def test_bad_values_raise_clear_errors(cfg, match):
     with pytest.raises(ValueError, match=match):
