@@ -191,3 +191,13 @@ def test_auxiliary_logits_weigh_into_the_training_loss():
     assert float(m["loss"]) == pytest.approx(float(ce[0] + 0.3 * (ce[1] + ce[2])), rel=1e-5)
     sums = steps.eval_step(state, batch, cfg)  # inference: main logits only
     assert float(sums["loss"]) == pytest.approx(8 * float(ce[0]), rel=1e-5)
+
+
+def test_config_differences_ignore_run_control_and_new_defaults():
+    from cnn_jax.train.checkpoint import config_differences
+    stored = {"seed": 0, "log_every_steps": 10, "optim": {"lr": 0.1},
+              "model": {"name": "mlp", "dropout": 0.1}, "data": {"name": "x"}}
+    new = {"seed": 0, "log_every_steps": 50, "optim": {"lr": 0.2},
+           "model": {"name": "mlp"}, "data": {"name": "x", "new_default": 1}}
+    assert config_differences(stored, new) == [("model.dropout", 0.1, "<absent>"),
+                                               ("optim.lr", 0.1, 0.2)]

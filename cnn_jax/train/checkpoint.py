@@ -70,10 +70,17 @@ def flatten_config(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(stored: dict, current: dict) -> list[tuple[str, Any, Any]]:
-    """(field, stored value, new value) for every field outside RESUME_SAFE_FIELDS that differs."""
+    """(field, stored value, new value) for every field outside RESUME_SAFE_FIELDS that differs.
+
+    A field present on one side only is a difference under `model.` (experiments set model
+    fields explicitly) but not elsewhere: there it is a default added to (or removed from)
+    experiments/default.py since the run started, whose default keeps the old behaviour.
+    """
     a, b = flatten_config(stored), flatten_config(current)
-    return [(k, a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
-            if k not in RESUME_SAFE_FIELDS and a.get(k, "<absent>") != b.get(k, "<absent>")]
+    absent = "<absent>"
+    keys = sorted((set(a) & set(b)) | {k for k in set(a) ^ set(b) if k.startswith("model.")})
+    return [(k, a.get(k, absent), b.get(k, absent)) for k in keys
+            if k not in RESUME_SAFE_FIELDS and a.get(k, absent) != b.get(k, absent)]
 
 
 class CheckpointStore:

@@ -158,7 +158,7 @@ class Setup:
         if self.eval_batch_size <= 0:
             self.eval_batch_size = config.batch_size
         parallel.check_divisible(self.eval_batch_size, "eval_batch_size")
-        self.num_train = split_size(self.info, config.data.train_split) if for_training else 0
+        self.num_train = split_size(self.info, config.data.train_split)
         if for_training and self.num_train < config.batch_size:
             raise ValueError(
                 f"The training split {config.data.train_split!r} has {self.num_train} examples, "
