@@ -491,7 +491,7 @@ def _train_loop(setup: Setup, state: TrainState, start_step: int, workdir: str,
                 f"{f'step {good[-1]} in {store.directory}' if good else 'none'}. Lower "
                 f"optim.lr, set grad_clip_norm, or check the data.")
 
-    dispatch = 0
+    dispatch, first_step_s = 0, None
     while step < total:
         if stop.stop_requested(dispatch):
             break
@@ -509,6 +509,11 @@ def _train_loop(setup: Setup, state: TrainState, start_step: int, workdir: str,
         window.append((n, m))
         step += n
         window_images += n * config.batch_size
+        if first_step_s is None:
+            jax.block_until_ready(m)
+            first_step_s = time.time() - run_start
+            print(f"First step done {first_step_s:.1f}s after start (setup, compilation and "
+                  f"restore included)", flush=True)
 
         if step % log_every == 0 or step == total:
             means, losses = _mean_train_metrics(window, strategy)
@@ -581,6 +586,7 @@ def _train_loop(setup: Setup, state: TrainState, start_step: int, workdir: str,
         "status": "finished", "step": step, "epochs": step / spe, "total_steps": total,
         "steps_per_epoch": spe, "model": config.model.name, "data": config.data.name,
         "params": n_params, "macs": macs, "params_crc32": crc, "wall_time_s": wall(),
+        "first_step_s": first_step_s,
         "num_devices": jax.device_count(), "num_processes": jax.process_count(),
         "parallel": config.parallel, "batch_size": config.batch_size, "seed": config.seed,
         "config": cfg_dict, **_final_summary(workdir, split_records),
