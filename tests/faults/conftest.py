@@ -1,0 +1,11 @@
+"""The fault campaign's pytest fixture: one Campaign (root directory, launcher, reference run)
+shared by every test of tests/faults, as `python -m cnn_jax.faults` shares it between scenarios."""
+
+import pytest
+
+from cnn_jax import faults
+
+
+@pytest.fixture(scope="session")
+def campaign(tmp_path_factory):
+    return faults.Campaign(tmp_path_factory.mktemp("faults"))

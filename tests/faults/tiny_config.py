@@ -1,0 +1,46 @@
+"""Tiny run for the fault campaign (cnn_jax/faults.py): an MLP on synthetic 6x6x3 images.
+
+    python launch.py --config=tests/faults/tiny_config.py --workdir=/tmp/faults_tiny
+    python launch.py --config=tests/faults/tiny_config.py --workdir=/tmp/faults_sweep --sweep
+
+24 steps of batch 16 (6 per epoch), a checkpoint every 4 steps (the last 2 kept), evaluation at
+steps 12 and 24, every step logged; BN, dropout and an EMA so that every part of the state
+matters for an exact resume. A few seconds on a CPU.
+Args: crash (a learning rate of 1e30: the loss overflows and the run stops with an error).
+The sweep: points `crash` (crash=True) then `alpha` (the default run); `:points=alpha` keeps
+only the named points.
+"""
+
+from cnn_jax.sweep import parse_arg
+from experiments.default import get_default_config
+
+
+def _args(arg):
+    return parse_arg(arg, crash=False, points=("crash", "alpha"))
+
+
+def get_config(arg=None):
+    a = _args(arg)
+    c = get_default_config()
+    c.model.name = "mlp"
+    c.model.hidden_sizes = (16,)
+    c.model.norm = "batch"
+    c.model.dropout = 0.1
+    c.data.name = "synthetic"
+    c.data.synthetic_shape = (6, 6, 3)
+    c.data.synthetic_num_classes = 5
+    c.data.synthetic_num_examples = 96
+    c.batch_size = 16
+    c.total_steps = 24
+    c.log_every_steps = 1
+    c.eval_every_steps = 12
+    c.checkpoint_every_steps = 4
+    c.keep_checkpoints = 2
+    c.ema_decay = 0.9
+    c.optim.lr = 1e30 if a.crash else 0.05
+    return c
+
+
+def get_sweep(arg=None):
+    points = {"crash": {"crash": True}, "alpha": {"crash": False}}
+    return [(name, points[name]) for name in _args(arg).points]
