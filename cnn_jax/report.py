@@ -12,6 +12,7 @@ import csv
 import datetime
 import json
 import math
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -630,8 +631,8 @@ def write_report(directory: str | Path, group_by: str | None = None) -> list[Pat
     notes = [f"Directory: `{root}`",
              f"Generated: {datetime.datetime.now().isoformat(timespec='seconds')}"]
     if plan.get("config"):
-        cmd = f"python launch.py --config={plan['config']} --workdir={root} --sweep"
-        cmd += "".join(f" {o}" for o in plan.get("overrides", []))
+        cmd = shlex.join(["python", "launch.py", f"--config={plan['config']}",
+                          f"--workdir={root}", "--sweep", *plan.get("overrides", [])])
         notes.insert(0, f"Sweep: `{cmd}`")
     last = plan.get("last_run") or {}
     if last:
