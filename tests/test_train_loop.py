@@ -292,3 +292,15 @@ def test_keeps_the_last_checkpoints_plus_the_best(tmp_path):
     evals = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if r["split"] == "test"]
     best = max(evals, key=lambda r: (r["top1"], r["step"]))["step"]
     assert ckpt.checkpoint_steps(str(tmp_path)) == sorted({best, STEPS})
+
+
+@pytest.mark.parametrize("field,value", [
+    ("eval_batch_size", "16"), ("eval_batch_size", 7.75), ("num_epochs", None),
+    ("ema_decay", "0.1x"), ("label_smoothing", 1.0), ("seed", -1), ("async_checkpoints", "no"),
+])
+def test_engine_fields_are_checked_with_their_name(tmp_path, field, value):
+    config = tiny_config(total_steps=-1) if field == "num_epochs" else tiny_config()
+    with config.ignore_type():
+        config[field] = value
+    with pytest.raises(ValueError, match=field):
+        loop.validate_config(config)

@@ -201,3 +201,24 @@ def test_config_differences_ignore_run_control_and_new_defaults():
            "model": {"name": "mlp"}, "data": {"name": "x", "new_default": 1}}
     assert config_differences(stored, new) == [("model.dropout", 0.1, "<absent>"),
                                                ("optim.lr", 0.1, 0.2)]
+
+
+@pytest.mark.parametrize("field,value,expect", [
+    ("lr", float("nan"), "optim.lr must be a number"),
+    ("lr", "0.1x", "optim.lr must be a number"),
+    ("lr", -1.0, "optim.lr=-1.0 is out of range"),
+    ("momentum", 1.5, "optim.momentum=1.5 is out of range"),
+    ("weight_decay", "fast", "optim.weight_decay must be a number"),
+    ("gamma", -0.5, "optim.gamma=-0.5 is out of range"),
+    ("b1", 1.0, "optim.b1=1.0 is out of range"),
+    ("eps", -1e-8, "optim.eps=-1e-08 is out of range"),
+    ("milestones", ("a",), "optim.milestones must be a number"),
+    ("nesterov", "yes", "optim.nesterov must be True or False"),
+])
+def test_optimizer_fields_are_checked_with_their_name(field, value, expect):
+    c = _config()
+    with c.ignore_type():
+        c.optim[field] = value
+    with pytest.raises(ValueError) as e:
+        optim.validate(c)
+    assert expect in str(e.value)

@@ -127,15 +127,33 @@ class CheckpointStore:
         if step in self.manager.all_steps():
             return
         meta = dict(meta, step=int(step), format=FORMAT_VERSION, checksums=checksums(host_tree))
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(host_tree), meta=ocp.args.JsonSave(meta)),
-            metrics=metrics, force=True)
+        try:
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(host_tree), meta=ocp.args.JsonSave(meta)),
+                metrics=metrics, force=True)
+        except Exception as e:  # noqa: BLE001 - also an earlier asynchronous save's failure
+            raise self._save_error(e, step) from e
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Blocks until the asynchronous saves are on disk; a failed one raises CheckpointError."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._save_error(e, None) from e
 
     def close(self) -> None:
-        self.manager.close()
+        try:
+            self.manager.close()
+        except Exception as e:  # noqa: BLE001 - a failed save was (or will be) reported by wait()
+            logging.warning("Closing the checkpoint manager: %s", e)
+
+    def _save_error(self, e: Exception, step: int | None) -> CheckpointError:
+        what = f"step {step}" if step is not None else "a checkpoint"
+        cause = " ".join(f"{type(e).__name__}: {e}".split())[:500]
+        return CheckpointError(
+            f"Saving {what} in {self.directory} failed ({cause}). The complete checkpoints "
+            f"before it are intact; fix the cause (disk space, permissions) and re-run the same "
+            f"command to resume.")
 
     def quarantine(self, step: int) -> str:
         """Moves a damaged checkpoint out of the way (kept for inspection, never deleted)."""

@@ -27,7 +27,7 @@ from cnn_jax.train import metrics as metrics_lib
 from cnn_jax.train import optim, parallel, steps
 from cnn_jax.train.state import TrainState, create_train_state, init_variables, state_to_tree, \
     tree_to_state
-from cnn_jax.train.util import check_choice
+from cnn_jax.train.util import check_choice, check_number
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
@@ -72,37 +72,29 @@ def enable_compilation_cache(enabled: bool) -> str | None:
     return path
 
 
-def _positive_int(config: ml_collections.ConfigDict, field: str, allow_nonpositive: bool = False
-                  ) -> None:
-    node, *rest = field.split(".")
-    value = config[node] if not rest else config[node][rest[0]]
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"config.{field} must be an integer, got {value!r} "
-                         f"({type(value).__name__}).")
-    if not allow_nonpositive and value <= 0:
-        raise ValueError(f"config.{field} must be positive, got {value}.")
-
-
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Clear errors for config values that would otherwise fail deep inside JAX."""
-    _positive_int(config, "batch_size")
+    """Clear errors, naming the field, for values that would otherwise fail deep inside JAX."""
+    check_number("batch_size", config.batch_size, low=1, integer=True)
+    check_number("eval_batch_size", config.get("eval_batch_size", -1), integer=True)
     for field in ("log_every_steps", "steps_per_dispatch", "keep_checkpoints"):
-        _positive_int(config, field)
-    for field in ("total_steps", "eval_every_steps", "checkpoint_every_steps", "seed"):
-        _positive_int(config, field, allow_nonpositive=True)
-    if config.total_steps <= 0 and not config.num_epochs > 0:
-        raise ValueError(f"Set config.num_epochs > 0 or config.total_steps > 0 "
-                         f"(got num_epochs={config.num_epochs}, total_steps={config.total_steps}).")
+        check_number(field, config[field], low=1, integer=True)
+    for field in ("total_steps", "eval_every_steps", "checkpoint_every_steps"):
+        check_number(field, config[field], integer=True)
+    check_number("seed", config.seed, low=0, integer=True)
+    if config.total_steps <= 0:
+        check_number("num_epochs", config.num_epochs, low=0, low_open=True)
+    check_number("ema_decay", config.ema_decay, low=0, high=1, high_open=True)
+    check_number("label_smoothing", config.label_smoothing, low=0, high=1, high_open=True)
+    check_number("grad_clip_norm", config.grad_clip_norm)
+    check_number("aux_loss_weight", config.get("aux_loss_weight", 0.3), low=0)
     check_choice("dtype", config.dtype, DTYPES)
     check_choice("parallel", config.parallel, parallel.PARALLEL_MODES)
     if config.keep_best_metric:
         check_choice("keep_best_metric", config.keep_best_metric, BEST_METRICS)
-    if not 0.0 <= config.ema_decay < 1.0:
-        raise ValueError(f"config.ema_decay must be in [0, 1), got {config.ema_decay}.")
-    if not 0.0 <= config.label_smoothing < 1.0:
-        raise ValueError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}.")
-    check_choice("optim.name", config.optim.name, optim.OPTIMIZERS)
-    check_choice("optim.schedule", config.optim.schedule, optim.SCHEDULES)
+    for field in ("async_checkpoints", "compilation_cache"):
+        if not isinstance(config.get(field, True), bool):
+            raise ValueError(f"config.{field} must be True or False, got {config[field]!r}.")
+    optim.validate(config)
     if config.data.get("on_device", False) and config.parallel != "jit":
         raise ValueError("config.data.on_device=True needs config.parallel='jit' "
                          f"(got {config.parallel!r}).")

@@ -13,11 +13,39 @@ import jax
 import ml_collections
 import optax
 
-from cnn_jax.train.util import check_choice
+from cnn_jax.train.util import check_choice, check_number
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
 SCHEDULES = ("constant", "multistep", "cosine")
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Clear errors (naming the field) for `config.optim` values of a wrong type or range."""
+    o = config.optim
+    check_choice("optim.name", o.name, OPTIMIZERS)
+    check_choice("optim.schedule", o.schedule, SCHEDULES)
+    check_choice("optim.weight_decay_mode", o.weight_decay_mode, WEIGHT_DECAY_MODES)
+    check_number("optim.lr", o.lr, low=0, low_open=True)
+    check_number("optim.momentum", o.momentum, low=0, high=1, high_open=True)
+    check_number("optim.weight_decay", o.weight_decay, low=0)
+    check_number("optim.warmup_epochs", o.get("warmup_epochs", 0.0), low=0)
+    check_number("optim.gamma", o.gamma, low=0, low_open=True)
+    check_number("optim.b1", o.get("b1", 0.9), low=0, high=1, high_open=True)
+    check_number("optim.b2", o.get("b2", 0.999), low=0, high=1, high_open=True)
+    check_number("optim.eps", o.get("eps", 1e-8), low=0)
+    check_choice("optim.milestone_unit", o.get("milestone_unit", "epochs"), ("epochs", "steps"))
+    milestones = o.milestones
+    if isinstance(milestones, (int, float)):
+        milestones = (milestones,)
+    if not isinstance(milestones, (tuple, list)):
+        raise ValueError(f"config.optim.milestones must be a tuple of numbers, got "
+                         f"{milestones!r}; e.g. --config.optim.milestones='(30, 60)'.")
+    for m in milestones:
+        check_number("optim.milestones", m, low=0)
+    for flag in ("nesterov", "decay_bn_and_bias", "scale_lr_by_batch"):
+        if not isinstance(o.get(flag, False), bool):
+            raise ValueError(f"config.optim.{flag} must be True or False, got {o[flag]!r}.")
 
 
 def base_learning_rate(config: ml_collections.ConfigDict) -> float:
@@ -31,11 +59,10 @@ def base_learning_rate(config: ml_collections.ConfigDict) -> float:
 def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
                     total_steps: int) -> optax.Schedule:
     """Learning rate per step: linear warmup from 0 (optional) into a constant, multistep or cosine."""
+    validate(config)
     o = config.optim
-    name = check_choice("optim.schedule", o.schedule, SCHEDULES)
+    name = o.schedule
     lr = base_learning_rate(config)
-    if lr <= 0:
-        raise ValueError(f"optim.lr must be positive, got {o.lr}.")
     warmup = int(round(float(o.get("warmup_epochs", 0.0)) * steps_per_epoch))
     if warmup < 0 or (warmup > 0 and warmup >= total_steps):
         raise ValueError(
@@ -47,7 +74,8 @@ def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
         unit = check_choice("optim.milestone_unit", o.get("milestone_unit", "epochs"),
                             ("epochs", "steps"))
         per = steps_per_epoch if unit == "epochs" else 1
-        milestones = sorted(int(round(float(m) * per)) for m in o.milestones)
+        raw = (o.milestones,) if isinstance(o.milestones, (int, float)) else o.milestones
+        milestones = sorted(int(round(float(m) * per)) for m in raw)
         if not milestones:
             raise ValueError("optim.schedule='multistep' needs optim.milestones, e.g. "
                              "--config.optim.milestones='(30,60,80)' (epochs).")
@@ -74,14 +102,12 @@ def decay_mask(params: Any, decay_bn_and_bias: bool) -> Any:
 def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
                      params: Any) -> optax.GradientTransformation:
     """The optax chain for `config.optim`: clip, weight decay (L2 or decoupled), update rule, lr."""
+    validate(config)
     o = config.optim
-    name = check_choice("optim.name", o.name, OPTIMIZERS)
-    mode = check_choice("optim.weight_decay_mode", o.weight_decay_mode, WEIGHT_DECAY_MODES)
+    name, mode = o.name, o.weight_decay_mode
     if name == "adamw":
         mode = "decoupled"  # AdamW is Adam with decoupled decay by definition.
     wd = float(o.weight_decay)
-    if wd < 0:
-        raise ValueError(f"optim.weight_decay must be >= 0, got {wd}.")
     mask = decay_mask(params, o.decay_bn_and_bias)
     parts: list[optax.GradientTransformation] = []
     if config.get("grad_clip_norm", 0.0) > 0:
