@@ -14,7 +14,7 @@ from cnn_jax import layers as L
 KEY = jax.random.key(0)
 # Unoptimised XLA CPU code compiles ~10x faster (the fused PRNG of initialisers is slow to
 # optimise); these tests run each program once, so compile time dominates.
-FAST = {"xla_backend_optimization_level": 0}
+FAST = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
 def _init(module: nn.Module, x):

@@ -1,4 +1,4 @@
-"""Multi-layer perceptron on flattened images, and the fully-connected classifier head of conv nets."""
+"""Multi-layer perceptron on flattened images, and the fully-connected head of the conv nets."""
 
 from collections.abc import Sequence
 from typing import Any
@@ -33,7 +33,8 @@ class Classifier(nn.Module):
                 x = drop(x)
         if drop is not None and self.dropout_first and not self.hidden_sizes:
             x = drop(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype, name=f"fc{len(self.hidden_sizes) + 1}")(x)
+        name = f"fc{len(self.hidden_sizes) + 1}"
+        return nn.Dense(self.num_classes, dtype=self.dtype, name=name)(x)
 
 
 class MLP(nn.Module):

@@ -1,8 +1,8 @@
 """VGG (Simonyan & Zisserman 2015), configurations A/B/D/E = vgg11/13/16/19, torchvision layout.
 
 Conv 3x3 pad 1 stages separated by 2x2 max-pools, adaptive average pool to 7x7, classifier
-4096-4096-classes with dropout. Convs keep their bias also with BatchNorm (`vgg*_bn`), as torchvision
-does, so parameter counts match its published ones.
+4096-4096-classes with dropout. Convs keep their bias also with BatchNorm (`vgg*_bn`), as
+torchvision does, so parameter counts match its published ones.
 """
 
 from collections.abc import Sequence

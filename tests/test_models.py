@@ -1,0 +1,269 @@
+"""Every registered model trains on a small input; the registry rejects bad names and fields.
+
+Exact parameter counts of the default architectures live in test_summary.py; here the big
+families run with reduced widths (never reduced depth) so that one forward/backward of every
+registered name fits the CPU budget.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cnn_jax import models
+
+# Every program here runs once, so compile time dominates: unoptimised XLA CPU code without the
+# fusion emitters compiles several times faster (GoogLeNet: 23 s -> 11 s of CPU).
+FAST = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+BATCH = 2
+
+
+def small_setup(name: str) -> tuple[tuple[int, int, int], dict]:
+    """(input shape, overrides) small enough for CPU. Every normalised layer keeps >= 8 values
+    per channel (a BatchNorm over 2 values is constant in its input and would pass no gradient)."""
+    if name in ("mlp", "lenet5"):
+        return (28, 28, 1), {}
+    if name == "alexnet":
+        return (67, 67, 3), {"classifier_width": 64}  # smallest input its three pools allow
+    if name == "alexnet_tv":
+        return (63, 63, 3), {"classifier_width": 64}
+    if name.startswith("vgg"):
+        return (32, 32, 3), {"widths": (8, 16, 16, 32, 32), "classifier_width": 32}
+    if name == "googlenet":
+        return (64, 64, 3), {"aux_logits": True}
+    if models.default_input_shape(name) == (32, 32, 3):  # CIFAR ResNets and plain nets
+        return (16, 16, 3), {}
+    if name.startswith(("resnet", "plain")):  # stages 1-3 shaped as the CIFAR nets' (shared ops)
+        return (64, 64, 3), {"width": 16}
+    raise AssertionError(f"no small test setup for registered model {name!r}; add one")
+
+
+def _analytically_zero(name: str, path: str) -> bool:
+    """Leaves whose gradient is zero by construction: a conv bias feeding a batch-statistics BN
+    (vgg*_bn keep torchvision's conv bias; the BN subtracts the batch mean, so it cancels)."""
+    return name.endswith("_bn") and path.endswith("conv/bias")
+
+
+def host_init(model, x) -> dict:
+    """Variables with the model's structure, filled on the host: He-normal kernels, unit scales
+    and variances, zero biases and means (flax's own initialisers are exercised by the engine and
+    test_layers; compiling them for every model would dominate this file's run time)."""
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    shapes = jax.eval_shape(functools.partial(model.init, train=True), rngs, x)
+    rng = np.random.default_rng(0)
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            std = np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
+            return (rng.normal(size=leaf.shape) * std).astype(np.float32)
+        return np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, np.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def _eval_and_grads(model, variables, x, labels):
+    """Eval-mode logits, and train-mode outputs and parameter gradients of the cross-entropy."""
+    params = variables["params"]
+    state = {k: v for k, v in variables.items() if k != "params"}
+    eval_out = model.apply(variables, x, train=False)
+
+    def loss_fn(p):
+        out, _ = model.apply({"params": p, **state}, x, train=True,
+                             rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"])
+        outs = out if isinstance(out, tuple) else (out,)
+        loss = sum(optax.softmax_cross_entropy_with_integer_labels(o, labels).mean()
+                   for o in outs)
+        return loss, out
+
+    grads, train_out = jax.grad(loss_fn, has_aux=True)(params)
+    return eval_out, train_out, grads
+
+
+def _jit(name: str) -> bool:
+    """One compiled program suits networks without repeated blocks; the ResNets run op by op,
+    where the primitives of repeated blocks (and of sibling models) are compiled only once."""
+    return not name.startswith(("resnet", "plain"))
+
+
+DEEPEST = ("resnet101", "resnet152", "plain101", "plain152", "resnet110", "plain110")
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if n in DEEPEST else n for n in models.list_models()])
+def test_every_model_forward_backward(name):
+    """Full depth for every name; `-m "not slow"` skips the six deepest (about a third of the
+    file's time) for a quick local run."""
+    shape, overrides = small_setup(name)
+    num_classes = 7
+    model = models.build(name, num_classes=num_classes, **overrides)
+    x = np.random.default_rng(0).normal(size=(BATCH, *shape)).astype(np.float32)
+    labels = np.arange(BATCH) % num_classes
+    variables = host_init(model, x)
+    run = functools.partial(_eval_and_grads, model)
+    if _jit(name):
+        run = jax.jit(run, compiler_options=FAST)
+    eval_out, train_out, grads = jax.tree.map(np.asarray, run(variables, x, labels))
+
+    assert eval_out.shape == (BATCH, num_classes) and np.isfinite(eval_out).all()
+    train_outs = train_out if isinstance(train_out, tuple) else (train_out,)
+    assert len(train_outs) == (3 if overrides.get("aux_logits") else 1)
+    for out in train_outs:
+        assert out.shape == (BATCH, num_classes) and np.isfinite(out).all()
+    if "batch_stats" in variables:  # batch statistics in training, running averages in eval
+        assert not np.allclose(train_outs[0], eval_out)
+
+    leaves = jax.tree_util.tree_leaves_with_path(grads)
+    assert len(leaves) == len(jax.tree.leaves(variables["params"]))
+    zero = []
+    for path, g in leaves:
+        key = jax.tree_util.keystr(path, simple=True, separator="/")
+        assert np.isfinite(g).all(), f"{name}: non-finite gradient at {key}"
+        if not np.any(g) and not _analytically_zero(name, key):
+            zero.append(key)
+    assert not zero, f"{name}: zero gradient for {zero}"
+
+
+def test_zero_init_last_bn_zeroes_exactly_the_expected_gradients():
+    # Real flax init here. A zero last-BN scale makes every residual branch output 0, so at the
+    # first step nothing before that scale in the branch gets a gradient (conv1, its BN, conv2);
+    # the last BN's scale and bias, the stem and the classifier still do.
+    model = models.build("resnet20", num_classes=10, zero_init_last_bn=True)
+    x = np.random.default_rng(1).normal(size=(BATCH, 16, 16, 3)).astype(np.float32)
+    init = jax.jit(functools.partial(model.init, train=True), compiler_options=FAST)
+    variables = init({"params": jax.random.key(0)}, x)
+    grads = _eval_and_grads(model, variables, x, np.array([1, 2]))[2]
+    zero = {jax.tree_util.keystr(p, simple=True, separator="/")
+            for p, g in jax.tree_util.tree_leaves_with_path(grads) if not np.any(np.asarray(g))}
+    branch = ("conv1/conv/kernel", "conv1/norm/scale", "conv1/norm/bias", "conv2/conv/kernel")
+    expected = {f"stage{s}_block{b}/{leaf}" for s in (1, 2, 3) for b in (1, 2, 3)
+                for leaf in branch}
+    assert zero == expected
+    assert not np.any(np.asarray(variables["params"]["stage2_block1"]["conv2"]["norm"]["scale"]))
+
+
+def test_googlenet_without_aux_returns_only_logits_in_train_mode():
+    # (With aux_logits=True the registry test above checks the (logits, aux1, aux2) triple.)
+    model = models.build("googlenet", num_classes=5)
+    x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    out, variables = jax.eval_shape(functools.partial(model.init_with_output, train=True), rngs, x)
+    assert out.shape == (1, 5) and not any("aux" in k for k in variables["params"])
+
+
+def test_input_too_small_fails_before_compute_naming_layer_and_size():
+    model = models.build("alexnet", num_classes=10)
+    x = jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)
+    with pytest.raises(ValueError) as err:
+        jax.eval_shape(model.init, jax.random.key(0), x)
+    msg = str(err.value)
+    assert "pool2" in msg and "input size 2" in msg and "= 0 < 1" in msg, msg
+
+
+def test_default_input_shapes():
+    # Every model at its designed input is traced by test_summary (params of each name).
+    assert models.default_input_shape("lenet5") == (28, 28, 1)
+    assert models.default_input_shape("alexnet") == (227, 227, 3)
+    assert models.default_input_shape("resnet50") == (224, 224, 3)
+    assert models.default_input_shape("resnet20") == (32, 32, 3)
+    assert models.default_num_classes("resnet20") == 10
+    assert models.default_num_classes("vgg16_bn") == 1000
+
+
+def test_registry_names():
+    names = set(models.list_models())
+    expected = {"mlp", "lenet5", "alexnet", "alexnet_tv", "googlenet"}
+    expected |= {f"vgg{d}{s}" for d in (11, 13, 16, 19) for s in ("", "_bn")}
+    expected |= {f"{k}{d}" for k in ("resnet", "plain") for d in (18, 34, 50, 101, 152)}
+    expected |= {f"{k}{d}" for k in ("resnet", "plain") for d in (20, 32, 44, 56, 110)}
+    assert names == expected
+
+
+def test_unknown_name_lists_valid_names_and_closest_match():
+    with pytest.raises(ValueError) as err:
+        models.build("resnt50")
+    msg = str(err.value)
+    assert "'resnt50'" in msg and "Did you mean 'resnet50'" in msg and "vgg16_bn" in msg
+    with pytest.raises(ValueError, match="Did you mean 'lenet5'"):
+        models.default_input_shape("lenet")
+
+
+def test_unknown_override_lists_fields():
+    with pytest.raises(ValueError) as err:
+        models.build("resnet18", stride_on_1x2=True)
+    msg = str(err.value)
+    assert "'stride_on_1x2'" in msg and "Did you mean 'stride_on_1x1'" in msg
+    assert "small_stem" in msg and "bn_axis_name" in msg
+
+
+@pytest.mark.parametrize("field,value", [("norm", "bn"), ("shortcut", "D")])
+def test_bad_field_values_are_rejected_at_build(field, value):
+    with pytest.raises(ValueError, match=f"{field}='{value}'"):
+        models.build("resnet20", **{field: value})
+
+
+def test_cifar_depth_must_be_6n_plus_2():
+    model = models.build("resnet20", depth=21)
+    with pytest.raises(ValueError, match="depth=21 must be 6n\\+2"):
+        jax.eval_shape(model.init, jax.random.key(0),
+                       jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+
+
+def test_engine_style_fields_and_bfloat16():
+    # The engine passes config values: lists, dtype objects or strings, bn_axis_name, norm.
+    model = models.build("vgg11", num_classes=10, widths=[8, 8, 8, 8, 8], classifier_width=16,
+                         dtype="bfloat16", bn_axis_name=None, norm="group")
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables))
+    assert variables["params"]["conv1_1"]["norm"]["scale"].shape == (8,)
+    out = jax.eval_shape(model.apply, variables, x)
+    assert out.shape == (2, 10) and out.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet5", "alexnet", "vgg11", "resnet18", "resnet20"])
+@pytest.mark.parametrize("norm", ["batch", "group", "layer", "none"])
+def test_norm_factory_usable_by_every_net(name, norm):
+    shape, overrides = small_setup(name)
+    model = models.build(name, num_classes=4, norm=norm, **overrides)
+    x = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
+    variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+    assert ("batch_stats" in variables) == (norm == "batch")
+    out = jax.eval_shape(functools.partial(model.apply, train=False), variables, x)
+    assert out.shape == (2, 4)
+
+
+def test_small_stem_and_plain_variants():
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+
+    def params(name, **kw):
+        v = jax.eval_shape(models.build(name, 10, **kw).init, jax.random.key(0), x)
+        return v["params"]
+
+    small = params("resnet18", small_stem=True)
+    assert small["stem"]["conv"]["kernel"].shape == (3, 3, 3, 64)
+    assert params("resnet18")["stem"]["conv"]["kernel"].shape == (7, 7, 3, 64)
+    assert "shortcut" in params("resnet18")["stage2_block1"]
+    assert "shortcut" not in params("plain18")["stage2_block1"]
+    assert "shortcut" not in params("resnet20")["stage2_block1"]  # option A: parameter-free
+    assert "shortcut" in params("resnet20", shortcut="B")["stage2_block1"]
+
+
+def test_pmap_with_cross_device_batchnorm():
+    # One CPU device here; the collective over `bn_axis_name` still has to trace and run.
+    model = models.build("lenet5", num_classes=10, norm="batch", bn_axis_name="batch")
+    n = jax.local_device_count()
+    x = np.random.default_rng(2).normal(size=(n, 4, 28, 28, 1)).astype(np.float32)
+    variables = jax.tree.map(lambda v: np.stack([v] * n), host_init(model, x[0]))
+
+    def step(variables, xs):
+        out, upd = model.apply(variables, xs, train=True, mutable=["batch_stats"])
+        return out, upd["batch_stats"]
+
+    out, stats = jax.pmap(step, axis_name="batch")(variables, x)
+    assert out.shape == (n, 4, 10) and np.isfinite(np.asarray(out)).all()
+    mean = np.asarray(stats["conv1"]["norm"]["mean"])
+    assert mean.shape == (n, 6) and np.any(mean != 0)
