@@ -132,10 +132,11 @@ def human(n: float) -> str:
 
 def format_table(summary: dict[str, Any]) -> str:
     """The per-layer table with totals, as plain text."""
+    def shape(s: Any) -> str:  # per-example shape, e.g. 28x28x6; nested lists for tuples
+        return "x".join(map(str, s[1:])) if s and isinstance(s[0], int) else str(s)
+
     head = ("layer", "type", "output shape", "params", "MACs")
-    body = [(r["name"], r["type"], "x".join(map(str, r["output_shape"][1:]))
-             if r["output_shape"] and isinstance(r["output_shape"][0], int) else str(
-                 r["output_shape"]), f"{r['params']:,}", human(r["macs"]))
+    body = [(r["name"], r["type"], shape(r["output_shape"]), f"{r['params']:,}", human(r["macs"]))
             for r in summary["layers"]]
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
     fmt = "  ".join(f"{{:{'<' if i < 3 else '>'}{w}}}" for i, w in enumerate(widths))
