@@ -76,8 +76,9 @@ class Row:
     observed: str
     passed: bool
     faults: int = 0          # faults injected
-    survived: int = 0        # ... after which the run ended as expected with nothing lost
-    lost: int = 0            # runs/results lost (must stay 0)
+    survived: int = 0        # ... after which everything ended as expected
+    lost: int = 0            # runs whose state or results could not be recovered exactly
+                             # (a resume that failed or differs, a good checkpoint lost)
     hostile: int = 0         # hostile inputs tried
     clear: int = 0           # ... that ended in a clear error naming the field
     details: str = ""        # long text (every unclear case) shown below the table
@@ -619,7 +620,7 @@ def scenario_sigkill(c: Campaign, steps: Sequence[int] | None = None) -> Row:
             survived += 1
             notes.append(f"k={k}: killed after step {at}, resumed from {resumed}: equal")
         else:
-            lost += 1
+            lost += bool(diff)
             notes.append(f"k={k}: killed after step {at}, resumed from {resumed}: "
                          f"{diff or 'no resume line'}")
     return Row(
@@ -664,7 +665,8 @@ def scenario_signal_during_save(c: Campaign) -> Row:
         status = run.wait(60)
         out = run.text()
         complete = checkpoint_steps(workdir)
-        problems = []
+        problems: list[str] = []
+        damaged = False
         if sig == signal.SIGTERM:
             stopped = [ln for ln in out.splitlines() if ln.startswith("Stopped by SIGTERM at step")]
             if status != 0:
@@ -686,20 +688,23 @@ def scenario_signal_during_save(c: Campaign) -> Row:
                 problems.append(f"exit status {status}")
             if saving in complete:
                 problems.append(f"the half-written step {saving} is listed as complete")
+                damaged = True
             what = (f"SIGKILL during the commit of step {saving}: left {checkpoint_dirs(workdir)}, "
                     f"complete {complete}")
         code, out = c.train(workdir, log_name="resume.log")
         resumed = complete[-1] if complete else 0
         if code != 0:
             problems.append(f"resume exited {code}: {_last_line(out)}")
+            damaged = True
         else:
             if complete and f"Resuming from checkpoint step {resumed}" not in out:
                 problems.append(f"resume did not start from step {resumed}")
             diff = compare_to_reference(workdir, reference)
             if diff:
                 problems.append(diff)
+                damaged = True
+        lost += damaged
         if problems:
-            lost += 1
             notes.append(f"{what}; FAILED: {'; '.join(problems)}")
         else:
             survived += 1
@@ -739,25 +744,28 @@ def scenario_disk_full(c: Campaign) -> Row:
     if not clean:
         problems.append(f"not a clean ERROR line (an uncaught traceback ends the output): "
                         f"last line {_last_line(out)[:160]!r}")
+    damage = []
     if any(s >= full_from for s in complete):
-        problems.append(f"a checkpoint written while the disk was full is listed: {complete}")
+        damage.append(f"a checkpoint written while the disk was full is listed: {complete}")
     expected_intact = [s for s in (4, 8) if s < full_from]
     if [s for s in complete if s < full_from] != expected_intact[-2:]:
-        problems.append(f"earlier checkpoints not intact: {complete}")
+        damage.append(f"earlier checkpoints not intact: {complete}")
     intact = ""
     try:
         step, _ = final_state(workdir)
         intact = f"newest readable {step}"
     except Exception as e:  # noqa: BLE001 - reported in the row
-        problems.append(f"earlier checkpoint unreadable: {type(e).__name__}: {e}")
-    first = (error_lines[0].strip()[:200] if error_lines else _last_line(out)[:200])
+        damage.append(f"earlier checkpoint unreadable: {type(e).__name__}: {e}")
+    first = (_last_line(out) if clean else error_lines[0].strip() if error_lines
+             else _last_line(out))[:240]
     code2, out2 = c.train(workdir, log_name="resume.log")
     if code2 != 0:
-        problems.append(f"resume after space returned exited {code2}: {_last_line(out2)}")
+        damage.append(f"resume after space returned exited {code2}: {_last_line(out2)}")
     else:
         diff = compare_to_reference(workdir, reference)
         if diff:
-            problems.append(f"after resume: {diff}")
+            damage.append(f"after resume: {diff}")
+    problems += damage
     observed = (f"exit {code}; message {first!r}; checkpoints kept {complete} ({intact}); "
                 f"re-run with space: exit {code2}"
                 + (f"; FAILED: {'; '.join(problems)}" if problems else ", final state equal"))
@@ -770,7 +778,7 @@ def scenario_disk_full(c: Campaign) -> Row:
                  "device' (no traceback); earlier checkpoints intact and readable; the same "
                  "command resumes once space returns and ends bitwise equal to the uninterrupted "
                  "run",
-        observed=observed, passed=ok, faults=1, survived=int(ok), lost=int(not ok))
+        observed=observed, passed=ok, faults=1, survived=int(ok), lost=int(bool(damage)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -819,7 +827,6 @@ def scenario_distributed_kill(c: Campaign, plan: Sequence[tuple[int, int]] | Non
                 r.kill()
             notes.append(f"kill p{victim}: the pair ended before step {step} "
                          f"({_last_line(runs[0].text())})")
-            lost += 1
             continue
         runs[victim].signal(signal.SIGKILL)
         killed = time.time()
@@ -831,14 +838,12 @@ def scenario_distributed_kill(c: Campaign, plan: Sequence[tuple[int, int]] | Non
         cause = _cause_line(text)
         if status is None:
             other.kill()
-            lost += 1
             notes.append(f"kill p{victim} after step {at}: p{1 - victim} still running after "
                          f"{SURVIVOR_BOUND_S}s (hang)")
             continue
         ok = status != 0 and bool(cause)
         tb = " (after a traceback)" if "Traceback" in text or "Check failure" in text else ""
         survived += ok
-        lost += not ok
         notes.append(f"kill p{victim} after step {at}: p{1 - victim} stopped in {took:.1f}s, "
                      f"status {status}, cause {cause[:140]!r}{tb}")
     runs = _start_pair(c, workdir, "final")
@@ -934,15 +939,15 @@ def scenario_sweep_kill(c: Campaign) -> Row:
         problems.append(f"report row of crash: {crash}")
     elif "Non-finite" not in crash.get("error", ""):
         problems.append(f"crash's error line does not say why: {crash.get('error')!r}")
-    if rows.get("alpha", {}).get("status") != "finished":
+    alpha_done = rows.get("alpha", {}).get("status") == "finished"
+    if not alpha_done:
         problems.append(f"report row of alpha: {rows.get('alpha')}")
     alpha_log = _read(alpha / "sweep_log.txt")
     if killed and f"Resuming from checkpoint step {killed[-1]}" not in alpha_log:
         problems.append(f"alpha did not resume from step {killed[-1]}")
-    if not problems:
-        diff = compare_to_reference(alpha, reference)
-        if diff:
-            problems.append(f"alpha: {diff}")
+    diff = compare_to_reference(alpha, reference) if alpha_done else "not finished"
+    if alpha_done and diff:
+        problems.append(f"alpha: {diff}")
     md = _read(sweep_dir / "summary.md")
     if "crash" not in md or "failed" not in md:
         problems.append("summary.md does not mark crash as failed")
@@ -962,7 +967,7 @@ def scenario_sweep_kill(c: Campaign) -> Row:
                  "alpha from its newest checkpoint to the end (bitwise equal to the "
                  "uninterrupted run), writes the report with crash marked failed with its "
                  "error line and alpha finished; exit status 1",
-        observed=observed, passed=ok, faults=2, survived=2 if ok else 0, lost=0 if ok else 1)
+        observed=observed, passed=ok, faults=2, survived=2 if ok else 0, lost=int(bool(diff)))
 
 
 def scenario_sweep_sigterm(c: Campaign) -> Row:
@@ -991,15 +996,14 @@ def scenario_sweep_sigterm(c: Campaign) -> Row:
         problems.append("no checkpoint after SIGTERM")
     code2, _ = c.launcher.run(args, log, hooks=hooks, timeout=600)
     second = _summary_rows(sweep_dir).get("alpha", {})
+    diff = compare_to_reference(alpha, reference)
     if code2 != 0 or second.get("status") != "finished":
         problems.append(f"re-run: exit {code2}, alpha {second.get('status')!r}")
     elif stopped and (f"Resuming from checkpoint step {stopped[-1]}"
                       not in _read(alpha / "sweep_log.txt")):
         problems.append(f"alpha did not resume from step {stopped[-1]}")
-    else:
-        diff = compare_to_reference(alpha, reference)
-        if diff:
-            problems.append(f"alpha: {diff}")
+    elif diff:
+        problems.append(f"alpha: {diff}")
     ok = not problems
     observed = (f"SIGTERM after alpha logged step {at}: sweep exit {code}, alpha checkpoints "
                 f"{stopped}, report alpha {first.get('status')!r}; re-run: exit {code2}, alpha "
@@ -1013,7 +1017,7 @@ def scenario_sweep_sigterm(c: Campaign) -> Row:
         expected="the driver passes SIGTERM on; alpha checkpoints and stops; the report marks "
                  "alpha preempted; the re-run resumes it to the end, bitwise equal to the "
                  "uninterrupted run",
-        observed=observed, passed=ok, faults=1, survived=int(ok), lost=int(not ok))
+        observed=observed, passed=ok, faults=1, survived=int(ok), lost=int(bool(diff)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1147,7 +1151,7 @@ def scenario_corrupt_checkpoint(c: Campaign, kinds: Sequence[str] = DAMAGES) -> 
                 problems.append(diff)
         warn = warnings[0][:260] if warnings else ""
         if problems:
-            lost += 1
+            lost += not is_finished(workdir) or bool(compare_to_reference(workdir, reference))
             notes.append(f"{what}: FAILED: {'; '.join(problems)}")
         else:
             survived += 1
@@ -1371,7 +1375,7 @@ def scenario_pickle(c: Campaign) -> Row:
     pickle.loads(planted_pickle(probe))  # the payload is live: unpickling it runs code
     live = probe.exists()
     notes = [f"payload live (unpickling it writes a file): {live}"]
-    survived = 0
+    survived, lost = 0, 0
     kinds = ("new_step", "replaced", "legacy")
     for kind in kinds:
         workdir = copy_run(c, reference, f"pickle_{kind}")
@@ -1393,6 +1397,7 @@ def scenario_pickle(c: Campaign) -> Row:
                 except Exception as e:  # noqa: BLE001 - a clean refusal is acceptable
                     loaded.append(f"{loader} -> {type(e).__name__}")
         expect = "20" if kind == "replaced" else "24"
+        lost += not all(x.endswith(f"step {expect}") for x in loaded)
         ok = (live and not marker.exists() and not calls
               and all(x.endswith(f"step {expect}") for x in loaded))
         survived += ok
@@ -1411,6 +1416,7 @@ def scenario_pickle(c: Campaign) -> Row:
                  f"{'CREATED' if marker.exists() else 'absent'}")
     faults = len(kinds) + 1
     survived += cli_ok
+    lost += code != 0
     return Row(
         scenario="9. Loading never executes code from a checkpoint",
         injected="pickles whose unpickling writes a marker file: as a committed-looking step 99, "
@@ -1419,7 +1425,7 @@ def scenario_pickle(c: Campaign) -> Row:
         expected="no unpickler call, no marker; the planted step is skipped with a warning and the "
                  "newest real checkpoint is used (24, or 20 when 24's files were replaced)",
         observed="; ".join(notes), passed=survived == faults, faults=faults, survived=survived,
-        lost=faults - survived)
+        lost=lost)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -2118,7 +2124,7 @@ def run_campaign(c: Campaign, only: Sequence[str] = (), echo: Callable[[str], No
             import traceback
             row = Row(scenario=f"{key}. {fn.__name__}", injected="-", expected="-",
                       observed=f"the scenario itself failed: {type(e).__name__}: {e}",
-                      passed=False, lost=1, details=traceback.format_exc())
+                      passed=False, details=traceback.format_exc())
         rows.append(row)
         echo(f"[{time.time() - start:6.1f}s] {'PASS' if row.passed else 'FAIL'} {row.scenario}")
     return rows

@@ -17,8 +17,6 @@ def test_sigterm_or_sigkill_during_an_async_save(campaign):
     assert row.passed, row.observed
 
 
-@pytest.mark.xfail(strict=True, reason="train/checkpoint.py: an OSError of a save (ENOSPC) ends "
-                   "the run with an uncaught traceback instead of one ERROR line; see RESULTS.md")
 def test_disk_full_during_a_save_stops_clearly_and_resumes(campaign):
     row = faults.scenario_disk_full(campaign)
     assert row.passed, row.observed
