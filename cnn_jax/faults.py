@@ -2130,8 +2130,10 @@ def run_campaign(c: Campaign, only: Sequence[str] = (), echo: Callable[[str], No
     return rows
 
 
-def results_markdown(rows: Sequence[Row], command: str, elapsed: float, notes: str = "") -> str:
-    """tests/faults/RESULTS.md: command, date, machine, the table, totals, details, notes."""
+def results_markdown(rows: Sequence[Row], command: str, elapsed: float, notes: str = "",
+                     root: Path | None = None) -> str:
+    """tests/faults/RESULTS.md: command, date, machine, the table, totals, details, notes.
+    Paths under the campaign's `root` are written as $ROOT."""
     import platform
     details = "\n\n".join(f"**{r.scenario}**\n\n{r.details}" for r in rows if r.details)
     parts = [
@@ -2153,7 +2155,8 @@ def results_markdown(rows: Sequence[Row], command: str, elapsed: float, notes: s
     if details:
         parts += ["## Details", "", details, ""]
     parts += [NOTES_MARKER, notes.strip(), ""]
-    return "\n".join(parts)
+    text = "\n".join(parts)
+    return text.replace(str(root), "$ROOT") if root is not None else text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -2199,7 +2202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         old = _read(path)
         notes = old.split(NOTES_MARKER, 1)[1] if NOTES_MARKER in old else ""
         command = "python -m cnn_jax.faults " + " ".join(argv if argv is not None else sys.argv[1:])
-        path.write_text(results_markdown(rows, command.strip(), elapsed, notes))
+        path.write_text(results_markdown(rows, command.strip(), elapsed, notes, root))
         print(f"wrote {path}")
     if not args.keep and not args.root:
         shutil.rmtree(root, ignore_errors=True)
