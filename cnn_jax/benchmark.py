@@ -40,31 +40,38 @@ DATA = ("synthetic", "on_device")
 DTYPES = ("float32", "bfloat16")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "resnet20", "Registered model name (see cnn_jax.models.list_models).")
-flags.DEFINE_integer("batch", 128, "Global batch size.")
-flags.DEFINE_integer("image_size", 0, "Input height = width; <= 0: the model's designed size.")
-flags.DEFINE_integer("channels", 0, "Input channels; <= 0: the model's designed channels.")
-flags.DEFINE_integer("num_classes", 0, "Classes; <= 0: the model's designed class count.")
-flags.DEFINE_enum("dtype", "float32", DTYPES, "Compute dtype (parameters stay float32).")
-flags.DEFINE_integer("steps", 20, "Steps per timed repeat.")
-flags.DEFINE_integer("warmup", 2, "Untimed calls after the first, before timing.")
-flags.DEFINE_integer("repeats", 3, "Timed repeats; the median is reported.")
-flags.DEFINE_enum("mode", "both", MODES, "Measure training, inference or both.")
-flags.DEFINE_integer("steps_per_dispatch", 1, "Train steps per jitted call (lax.scan when > 1).")
-flags.DEFINE_string("xla_flags", "auto",
-                    "Appended to $XLA_FLAGS before the backend starts; 'auto' = "
-                    "RECOMMENDED_CPU_XLA_FLAGS, '' = none.")
-flags.DEFINE_string("cache_dir", "",
-                    "Persistent compilation cache directory ('' = off). A second run with the "
-                    "same directory shows the first step of a re-launched run.")
-flags.DEFINE_enum("data", "synthetic", DATA,
-                  "synthetic: one random batch resident on the device; on_device: each step "
-                  "draws its batch from a uint8 split on the device with the data module's "
-                  "on-device augmentation (crop+flip+normalise) fused into the jitted step.")
-flags.DEFINE_integer("data_examples", 50_000, "Split size for --data=on_device.")
-flags.DEFINE_bool("engine_step", True, "Use the engine's train_step when it imports.")
-flags.DEFINE_multi_string("set", [], "Model field override KEY=VALUE (repeatable).")
-flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+
+
+def define_flags() -> None:
+    """The CLI's absl flags, defined only when run as a program: importing this module (for
+    `apply_xla_flags`, say) adds no flags to another program."""
+    flags.DEFINE_string("model", "resnet20",
+                        "Registered model name (see cnn_jax.models.list_models).")
+    flags.DEFINE_integer("batch", 128, "Global batch size.")
+    flags.DEFINE_integer("image_size", 0, "Input height = width; <= 0: the model's designed size.")
+    flags.DEFINE_integer("channels", 0, "Input channels; <= 0: the model's designed channels.")
+    flags.DEFINE_integer("num_classes", 0, "Classes; <= 0: the model's designed class count.")
+    flags.DEFINE_enum("dtype", "float32", DTYPES, "Compute dtype (parameters stay float32).")
+    flags.DEFINE_integer("steps", 20, "Steps per timed repeat.")
+    flags.DEFINE_integer("warmup", 2, "Untimed calls after the first, before timing.")
+    flags.DEFINE_integer("repeats", 3, "Timed repeats; the median is reported.")
+    flags.DEFINE_enum("mode", "both", MODES, "Measure training, inference or both.")
+    flags.DEFINE_integer("steps_per_dispatch", 1,
+                         "Train steps per jitted call (lax.scan when > 1).")
+    flags.DEFINE_string("xla_flags", "auto",
+                        "Appended to $XLA_FLAGS before the backend starts; 'auto' = "
+                        "RECOMMENDED_CPU_XLA_FLAGS, '' = none.")
+    flags.DEFINE_string("cache_dir", "",
+                        "Persistent compilation cache directory ('' = off). A second run with the "
+                        "same directory shows the first step of a re-launched run.")
+    flags.DEFINE_enum("data", "synthetic", DATA,
+                      "synthetic: one random batch resident on the device; on_device: each step "
+                      "draws its batch from a uint8 split on the device with the data module's "
+                      "on-device augmentation (crop+flip+normalise) fused into the jitted step.")
+    flags.DEFINE_integer("data_examples", 50_000, "Split size for --data=on_device.")
+    flags.DEFINE_bool("engine_step", True, "Use the engine's train_step when it imports.")
+    flags.DEFINE_multi_string("set", [], "Model field override KEY=VALUE (repeatable).")
+    flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,6 +386,7 @@ def format_table(r: dict[str, Any]) -> str:
         return format(r[key], fmt) if r.get(key) is not None else "-"
 
     mem = r.get("peak_memory_bytes")
+    mem_txt = "n/a (backend does not report it)" if mem is None else f"{mem / 2**20:,.0f} MiB"
     lines = [
         f"{r['model']}  batch {r['batch']}  input {'x'.join(map(str, r['input_shape']))}  "
         f"{r['dtype']}  on {r['backend']} ({r['device']}), jax {r['jax']}",
@@ -388,7 +396,7 @@ def format_table(r: dict[str, Any]) -> str:
         f"  infer:  {f('infer_img_per_s', ',.1f')} img/s",
         f"  first step {f('first_step_s', '.2f')} s, train compile {f('train_compile_s', '.2f')} s,"
         f" infer compile {f('infer_compile_s', '.2f')} s",
-        f"  peak device memory: {'n/a (backend does not report it)' if mem is None else f'{mem / 2**20:,.0f} MiB'}",
+        f"  peak device memory: {mem_txt}",
         f"  load average {r['loadavg_start']} -> {r['loadavg_end']}; XLA_FLAGS={r['xla_flags']!r}",
     ]
     return "\n".join(lines)
@@ -416,4 +424,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
