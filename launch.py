@@ -38,7 +38,6 @@ flags.DEFINE_integer("sweep_parallel", 1, "Sweep points run at once (processes).
 flags.mark_flag_as_required("workdir")
 
 
-
 def check_config_arg(argv: list[str]) -> None:
     """Fails early, listing the experiments, when --config names no existing file."""
     for i, arg in enumerate(argv):
@@ -95,29 +94,42 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax and JAX are chatty at INFO
+    try:
+        return run(FLAGS.mode)
+    except Exception as e:  # noqa: BLE001 - user errors become one line, the rest propagate
+        if not is_user_error(e) or os.environ.get("CNN_JAX_TRACEBACK"):
+            raise
+        print(f"ERROR: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 1
+
+
+def is_user_error(e: Exception) -> bool:
+    """Errors a user can cause and fix (bad value, missing file, diverged run, checkpoints)."""
+    if isinstance(e, (ValueError, FileNotFoundError, FloatingPointError)):
+        return True
+    checkpoint = sys.modules.get("cnn_jax.train.checkpoint")
+    return checkpoint is not None and isinstance(e, checkpoint.CheckpointError)
+
+
+def run(mode: str) -> int:
+    """Dispatches to the sweep runner or the training engine (imported only when needed)."""
     if FLAGS.sweep or FLAGS.sweep_dry_run:
         from cnn_jax import sweep
         return sweep.main(FLAGS["config"].config_filename, FLAGS.workdir,
                           dry_run=FLAGS.sweep_dry_run, parallel=FLAGS.sweep_parallel,
                           overrides=config_overrides(sys.argv))
     if multihost_requested():
-        init_distributed()
+        init_distributed()  # before anything initialises a JAX backend
     from cnn_jax import train
     config = FLAGS.config
-    try:
-        if FLAGS.mode == "train":
-            results = train.train_and_evaluate(config, FLAGS.workdir, force=FLAGS.force)
-            return 0 if results.get("status") in ("finished", "preempted") else 1
-        if FLAGS.mode == "eval":
-            train.evaluate_checkpoint(config, FLAGS.workdir)
-            return 0
-        train.predict(config, FLAGS.workdir, FLAGS.images)
+    if mode == "train":
+        results = train.train_and_evaluate(config, FLAGS.workdir, force=FLAGS.force)
+        return 0 if results.get("status") in ("finished", "preempted") else 1
+    if mode == "eval":
+        train.evaluate_checkpoint(config, FLAGS.workdir)
         return 0
-    except (ValueError, FileNotFoundError, FloatingPointError, train.CheckpointError) as e:
-        if os.environ.get("CNN_JAX_TRACEBACK"):
-            raise
-        print(f"ERROR: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        return 1
+    train.predict(config, FLAGS.workdir, FLAGS.images)
+    return 0
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -178,6 +178,7 @@ def _data_files(step_dir):
     return files
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # Orbax asyncio
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
 def test_damaged_newest_checkpoint_falls_back_with_warning(reference, tmp_path, capsys, damage):
     run = tmp_path / "run"
