@@ -35,6 +35,9 @@ flags.DEFINE_integer("process_id", None, "Multi-host: this process's index ($JAX
 flags.DEFINE_bool("sweep", False, "Run every point of the experiment's get_sweep() in DIR/<point>.")
 flags.DEFINE_bool("sweep_dry_run", False, "Print one launch command per sweep point.")
 flags.DEFINE_integer("sweep_parallel", 1, "Sweep points run at once (processes).")
+flags.DEFINE_string("xla_cpu_flags", "auto", "XLA:CPU compiler flags added to $XLA_FLAGS before "
+                    "JAX starts; 'auto' = cnn_jax.benchmark.RECOMMENDED_CPU_XLA_FLAGS (faster "
+                    "small-channel convolutions), '' = none. Flags already in $XLA_FLAGS win.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -118,6 +121,9 @@ def run(mode: str) -> int:
         return sweep.main(FLAGS["config"].config_filename, FLAGS.workdir,
                           dry_run=FLAGS.sweep_dry_run, parallel=FLAGS.sweep_parallel,
                           overrides=config_overrides(sys.argv))
+    if FLAGS.xla_cpu_flags:
+        from cnn_jax.benchmark import apply_xla_flags
+        apply_xla_flags(FLAGS.xla_cpu_flags)  # read by XLA when the backend starts
     if multihost_requested():
         init_distributed()  # before anything initialises a JAX backend
     from cnn_jax import train
