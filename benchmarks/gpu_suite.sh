@@ -96,7 +96,8 @@ for r in rows:
     if r["side"] == "cnn_jax" and r["row"] not in base:
         base[r["row"]] = rate
     ratio = base.get(r["row"], float("nan")) / rate if r["side"] != "cnn_jax" else 1.0
-    first = r.get("first_step_s", r.get("infer_first_s", float("nan")))
+    # first train step; for inference rows torch's first call or cnn_jax's compile time
+    first = r.get("first_step_s", r.get("infer_first_s", r.get("infer_compile_s", float("nan"))))
     mem = r.get("peak_memory_bytes")
     print(f"| {r['row']:42} | {r['side']:13} | {rate:>10,.0f} | {ratio:>9.2f}x | {first:>12.2f} | "
           f"{(mem or 0) / 2**20 if mem else float('nan'):>9,.0f} |")
