@@ -305,3 +305,19 @@ def test_engine_fields_are_checked_with_their_name(tmp_path, field, value):
         config[field] = value
     with pytest.raises(ValueError, match=field):
         loop.validate_config(config)
+
+
+def test_non_finite_gradient_norm_counts_as_divergence():
+    """A step whose loss is finite but whose gradient norm is NaN must still stop the run."""
+
+    class Identity:
+        @staticmethod
+        def fetch(m):
+            return m
+
+    window = [(1, {"loss": np.array(2.3), "top1": np.array(0.1), "top5": np.array(0.5),
+                   "grad_norm": np.array(1.0), "lr": np.array(0.1)}),
+              (1, {"loss": np.array(2.3), "top1": np.array(0.1), "top5": np.array(0.5),
+                   "grad_norm": np.array(np.nan), "lr": np.array(0.1)})]
+    _, losses = loop._mean_train_metrics(window, Identity())
+    assert np.isfinite(losses[0]) and not np.isfinite(losses[1])

@@ -317,14 +317,13 @@ class _OnDeviceTrainer:
 def _mean_train_metrics(window: list[tuple[int, dict]], strategy) -> tuple[dict, np.ndarray]:
     """Averages of the metrics of the steps since the last log; also every step's loss."""
     fetched = [(n, strategy.fetch(m)) for n, m in window]
-    losses, out = [], {}
-    for key in ("loss", "top1", "top5", "grad_norm"):
-        vals = np.concatenate([np.reshape(m[key], (-1,)) for _, m in fetched])
-        if key == "loss":
-            losses = vals
-        out[key] = float(np.mean(vals))
+    vals = {key: np.concatenate([np.reshape(m[key], (-1,)) for _, m in fetched])
+            for key in ("loss", "top1", "top5", "grad_norm")}
+    out = {key: float(np.mean(v)) for key, v in vals.items()}
     out["lr"] = float(np.reshape(fetched[-1][1]["lr"], (-1,))[-1])
-    return out, np.asarray(losses)
+    # A step whose gradient norm is not finite has diverged even when its loss still is.
+    losses = np.where(np.isfinite(vals["grad_norm"]), vals["loss"], np.nan)
+    return out, losses
 
 
 def _final_summary(workdir: str, split_records: dict[str, dict]) -> dict:
@@ -477,7 +476,7 @@ def _train_loop(setup: Setup, state: TrainState, start_step: int, workdir: str,
             store.wait()
             good = store.steps()
             raise NonFiniteLossError(
-                f"Non-finite training loss ({losses[~np.isfinite(losses)][0]}) at step {bad} "
+                f"Non-finite training loss or gradient norm at step {bad} "
                 f"(epoch {bad / spe:.2f}): training stopped, no checkpoint of this state was "
                 f"saved. Last good checkpoint: "
                 f"{f'step {good[-1]} in {store.directory}' if good else 'none'}. Lower "
