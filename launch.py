@@ -43,6 +43,8 @@ flags.mark_flag_as_required("workdir")
 
 def check_config_arg(argv: list[str]) -> None:
     """Fails early, listing the experiments, when --config names no existing file."""
+    if any(a in ("--help", "-h", "--helpfull", "--helpshort", "-?") for a in argv):
+        return  # absl prints the usage
     for i, arg in enumerate(argv):
         if arg == "--config" and i + 1 < len(argv):
             value = argv[i + 1]

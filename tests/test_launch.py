@@ -122,3 +122,10 @@ def test_lenet5_experiment_is_the_documented_default_job():
     assert "python launch.py --config=experiments/lenet5_fashion_mnist.py" in exp.__doc__
     c = exp.get_config()
     assert (c.model.name, c.data.name, c.data.eval_split) == ("lenet5", "fashion_mnist", "test")
+
+
+def test_help_prints_usage_not_the_missing_config_error():
+    out = subprocess.run([sys.executable, "launch.py", "--help"], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert "--workdir" in out.stdout + out.stderr
+    assert "is required" not in out.stdout + out.stderr
