@@ -137,6 +137,7 @@ def test_sigterm_saves_at_the_step_it_stopped(experiment, env, reference, tmp_pa
     stopped = int(out.split("Stopped by SIGTERM at step ")[1].split(":")[0])
     assert 5 <= stopped < TOTAL
     assert max(ckpt.checkpoint_steps(str(workdir))) == stopped
-    assert not (workdir / "results.json").exists()
+    preempted = json.loads((workdir / "results.json").read_text())
+    assert preempted == {"status": "preempted", "step": stopped, "signal": "SIGTERM"}
     records = read_jsonl(str(workdir / "metrics.jsonl"))
     assert max(r["step"] for r in records) == stopped

@@ -545,7 +545,10 @@ def _train_loop(setup: Setup, state: TrainState, start_step: int, workdir: str,
         name = signal.Signals(stop.signum).name if stop.signum else "signal"
         print(f"Stopped by {name} at step {step}: checkpoint saved in {store.directory}. "
               f"Re-run the same command to resume.", flush=True)
-        return {"status": "preempted", "step": step, "signal": name}
+        preempted = {"status": "preempted", "step": step, "signal": name}
+        if is_writer:  # tells a sweep this point stopped cleanly; removed when the run resumes
+            ckpt.write_json(os.path.join(workdir, RESULTS_FILE), preempted)
+        return preempted
 
     # Final evaluation on the validation split (when there is one) and the evaluation split.
     state = strategy.sync_state(state)
