@@ -125,6 +125,20 @@ def check_output_shape(
     )
 
 
+def check_input(model: str, x: Any) -> None:
+    """ValueError naming the input shape when an example is empty (an H, W or C of 0).
+
+    Convolutions catch this in `output_size`; a model that starts with a Dense (MLP) would
+    otherwise divide by zero in its initialiser's fan-in.
+    """
+    shape = tuple(x.shape[1:])
+    if shape and min(shape) < 1:
+        raise ValueError(
+            f"{model}: input of shape {shape} per example is empty; every input dimension "
+            "(H, W, C) must be >= 1. Check the data's image shape (data.image_size, "
+            "data.synthetic_shape) or the input_shape given to the model.")
+
+
 def _layer_name(module: nn.Module) -> str:
     """'path/to/layer (Type)' for error messages; just the type for a top-level module."""
     path = "/".join(module.scope.path) if module.scope is not None else ""
@@ -449,6 +463,7 @@ class BottleneckBlock(_ResidualBase):
 __all__ = [
     "ACTIVATIONS", "AdaptiveAvgPool", "AvgPool", "BasicBlock", "BottleneckBlock", "Conv",
     "ConvBlock", "GlobalAvgPool", "GroupNorm", "InceptionBlock", "LayerNorm", "MaxPool",
-    "ModuleDef", "NORMS", "SHORTCUTS", "activation", "check_choice", "check_output_shape",
+    "ModuleDef", "NORMS", "SHORTCUTS", "activation", "check_choice", "check_input",
+    "check_output_shape",
     "global_avg_pool", "he_normal", "make_conv", "make_norm", "output_size",
 ]

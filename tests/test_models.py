@@ -205,6 +205,67 @@ def test_bad_field_values_are_rejected_at_build(field, value):
         models.build("resnet20", **{field: value})
 
 
+@pytest.mark.parametrize("name,field,value,fragment", [
+    ("mlp", "hidden_sizes", (0,), "integers >= 1"),
+    ("mlp", "hidden_sizes", (16, -4), "integers >= 1"),
+    ("mlp", "hidden_sizes", ("wide",), "integers >= 1"),
+    ("mlp", "hidden_sizes", 16.5, "tuple"),
+    ("mlp", "dropout", 1.0, "[0, 1)"),
+    ("mlp", "dropout", -0.1, "[0, 1)"),
+    ("mlp", "dropout", "fast", "[0, 1)"),
+    ("mlp", "bn_momentum", float("nan"), "[0, 1]"),
+    ("mlp", "bn_epsilon", 0.0, "(0, inf)"),
+    ("googlenet", "aux_dropout", 1.5, "[0, 1)"),
+    ("resnet20", "widths", (), "at least one entry"),
+    ("resnet20", "widths", (16, 0, 64), "integers >= 1"),
+    ("resnet18", "stage_sizes", (2, -1, 2, 2), "integers >= 1"),
+    ("resnet18", "width", 0, "integer >= 1"),
+    ("resnet18", "small_stem", "yes", "True or False"),
+    ("vgg11", "classifier_width", 2.5, "integer >= 1"),
+    ("alexnet", "adaptive_pool", -1, "integer >= 0"),
+    ("alexnet", "conv_layers", ((64, 3, 0, 1, False),), "has stride 0"),
+    ("alexnet", "conv_layers", ((64, 0, 1, 1, False),), "has kernel 0"),
+    ("alexnet", "conv_layers", ((0, 3, 1, 1, False),), "has features 0"),
+    ("alexnet", "conv_layers", ((8, 3, 1, -3, False),), "has padding -3"),
+    ("alexnet", "conv_layers", ((8, 3),), "has 2 values instead of 5"),
+    ("alexnet", "conv_layers", ((8, 3, 1, 1, "no"),), "has pool 'no'"),
+    ("alexnet", "conv_layers", (), "non-empty"),
+])
+def test_bad_numeric_fields_are_rejected_at_build_naming_field_and_value(name, field, value,
+                                                                        fragment):
+    with pytest.raises(ValueError) as err:
+        models.build(name, num_classes=10, **{field: value})
+    msg = str(err.value)
+    assert f"{field}={value!r}" in msg and fragment in msg and f"--config.model.{field}" in msg
+
+
+def test_edge_values_that_are_valid_still_build():
+    # An MLP without hidden layers is logistic regression; lists arrive from JSON configs.
+    x = jax.ShapeDtypeStruct((1, 6, 6, 3), jnp.float32)
+    for name, fields in [("mlp", {"hidden_sizes": (), "dropout": 0}),
+                         ("mlp", {"hidden_sizes": [4, 4], "dropout": 0.99}),
+                         ("alexnet", {"conv_layers": [[4, 3, 1, 0, False]], "adaptive_pool": 0,
+                                      "classifier_width": 4})]:
+        model = models.build(name, num_classes=np.int64(3), **fields)
+        out = jax.eval_shape(model.init_with_output, jax.random.key(0), x)[0]
+        assert out.shape == (1, 3), (name, fields)
+
+
+@pytest.mark.parametrize("value", [0, 2.5, "10", True])
+def test_num_classes_must_be_a_positive_integer(value):
+    with pytest.raises(ValueError, match=f"num_classes={value!r} must be an integer >= 1"):
+        models.build("mlp", num_classes=value)
+
+
+@pytest.mark.parametrize("name,shape", [("mlp", (0, 4, 1)), ("lenet5", (28, 0, 1)),
+                                        ("resnet20", (8, 8, 0))])
+def test_empty_input_is_rejected_naming_the_shape(name, shape):
+    model = models.build(name, num_classes=10)
+    with pytest.raises(ValueError, match=r"input of shape \(.*\) per example is empty"):
+        jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, *shape),
+                                                                            jnp.float32))
+
+
 def test_cifar_depth_must_be_6n_plus_2():
     model = models.build("resnet20", depth=21)
     with pytest.raises(ValueError, match="depth=21 must be 6n\\+2"):

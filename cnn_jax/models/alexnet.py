@@ -12,8 +12,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.layers import (NORMS, AdaptiveAvgPool, ConvBlock, MaxPool, check_choice, make_conv,
-                            make_norm)
+from cnn_jax.layers import (NORMS, AdaptiveAvgPool, ConvBlock, MaxPool, check_choice, check_input,
+                            make_conv, make_norm)
 from cnn_jax.models.mlp import Classifier
 
 # (features, kernel, stride, padding, max-pool after)
@@ -40,6 +40,7 @@ class AlexNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_input(type(self).__name__, x)
         check_choice("norm", self.norm, NORMS)
         norm = make_norm(self.norm, train=train, dtype=self.dtype, momentum=self.bn_momentum,
                          epsilon=self.bn_epsilon, axis_name=self.bn_axis_name)

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.layers import (NORMS, AdaptiveAvgPool, ConvBlock, GlobalAvgPool, InceptionBlock,
-                            MaxPool, check_choice, make_conv, make_norm)
+                            MaxPool, check_choice, check_input, make_conv, make_norm)
 
 # name: (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj)   (Table 1 of the paper)
 INCEPTION = {
@@ -59,6 +59,7 @@ class GoogLeNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_input(type(self).__name__, x)
         check_choice("norm", self.norm, NORMS)
         norm = make_norm(self.norm, train=train, dtype=self.dtype, momentum=self.bn_momentum,
                          epsilon=self.bn_epsilon, axis_name=self.bn_axis_name)

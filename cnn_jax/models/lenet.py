@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.layers import (NORMS, AvgPool, ConvBlock, MaxPool, activation, check_choice,
-                            make_conv, make_norm)
+                            check_input, make_conv, make_norm)
 
 
 class LeNet5(nn.Module):
@@ -28,6 +28,7 @@ class LeNet5(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_input(type(self).__name__, x)
         check_choice("norm", self.norm, NORMS)
         check_choice("pool", self.pool, ("max", "avg"))
         act = activation(self.activation)

@@ -6,7 +6,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.layers import NORMS, activation, check_choice, make_norm
+from cnn_jax.layers import NORMS, activation, check_choice, check_input, make_norm
 
 
 class Classifier(nn.Module):
@@ -52,6 +52,7 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_input(type(self).__name__, x)
         check_choice("norm", self.norm, NORMS)
         act = activation(self.activation)
         norm = make_norm(self.norm, train=train, dtype=self.dtype, momentum=self.bn_momentum,

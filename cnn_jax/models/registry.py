@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Mapping
+import math
+import numbers
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -112,6 +114,97 @@ def _coerce(key: str, value: Any) -> Any:
     return value
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int_at_least(low: int) -> Callable[[Any], str | None]:
+    return lambda v: None if _is_int(v) and v >= low else f"it must be an integer >= {low}"
+
+
+def _int_tuple(low: int = 1, allow_empty: bool = False) -> Callable[[Any], str | None]:
+    """A rule for a tuple of integers >= low, e.g. hidden_sizes=(512, 512)."""
+    want = f"it must be a tuple of integers >= {low}" + (
+        " (or () for none)" if allow_empty else " with at least one entry")
+
+    def rule(v: Any) -> str | None:
+        ok = (isinstance(v, tuple) and (allow_empty or len(v) > 0)
+              and all(_is_int(x) and x >= low for x in v))
+        return None if ok else want
+    return rule
+
+
+def _number_in(low: float, high: float, *, low_open: bool = False,
+               high_open: bool = False) -> Callable[[Any], str | None]:
+    want = (f"it must be a number in {'(' if low_open else '['}{low}, "
+            f"{high}{')' if high_open else ']'}")
+
+    def rule(v: Any) -> str | None:
+        ok = (_is_real(v) and (v > low if low_open else v >= low)
+              and (v < high if high_open else v <= high))
+        return None if ok else want
+    return rule
+
+
+def _boolean(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "it must be True or False"
+
+
+def _conv_layers(v: Any) -> str | None:
+    """AlexNet's conv_layers: (features, kernel, stride, padding, max-pool after) per layer."""
+    fmt = ("each entry is (features, kernel, stride, padding, pool) with features, kernel, "
+           "stride >= 1, padding >= 0 and pool True/False")
+    if not isinstance(v, tuple) or not v:
+        return f"it must be a non-empty tuple of layers; {fmt}"
+    for i, layer in enumerate(v):
+        if not isinstance(layer, tuple) or len(layer) != 5:
+            n = len(layer) if isinstance(layer, tuple) else type(layer).__name__
+            return f"conv_layers[{i}]={layer!r} has {n} values instead of 5; {fmt}"
+        for part, low, x in zip(("features", "kernel", "stride", "padding"), (1, 1, 1, 0), layer):
+            if not _is_int(x) or x < low:
+                return (f"conv_layers[{i}]={layer!r} has {part} {x!r}, which must be an integer "
+                        f">= {low}; {fmt}")
+        if not isinstance(layer[4], bool):
+            return f"conv_layers[{i}]={layer!r} has pool {layer[4]!r}, not True/False; {fmt}"
+    return None
+
+
+# Field name -> rule returning None for a valid value, else why it is not. A field name means the
+# same in every family, so this one table checks every model before Flax or JAX sees a value
+# (which would otherwise fail as a ZeroDivisionError inside an initialiser, or train silently).
+FIELD_RULES: Mapping[str, Callable[[Any], str | None]] = {
+    "hidden_sizes": _int_tuple(allow_empty=True),
+    "widths": _int_tuple(),
+    "stage_sizes": _int_tuple(),
+    "conv_layers": _conv_layers,
+    "width": _int_at_least(1),
+    "classifier_width": _int_at_least(1),
+    "pool_size": _int_at_least(1),
+    "adaptive_pool": _int_at_least(0),
+    "depth": _int_at_least(1),
+    "dropout": _number_in(0, 1, high_open=True),
+    "aux_dropout": _number_in(0, 1, high_open=True),
+    "bn_momentum": _number_in(0, 1),
+    "bn_epsilon": _number_in(0, math.inf, low_open=True, high_open=True),
+    **{key: _boolean for key in ("residual", "small_stem", "stride_on_1x1", "zero_init_last_bn",
+                                 "dropout_first", "aux_logits", "torchvision_compat")},
+}
+
+
+def check_fields(name: str, fields: Mapping[str, Any]) -> None:
+    """ValueError naming the field, the value seen and what it must be, for any invalid field."""
+    for key, value in fields.items():
+        rule = FIELD_RULES.get(key)
+        why = rule(value) if rule is not None else None
+        if why is not None:
+            raise ValueError(f"model {name!r}: {key}={value!r} is not valid: {why}. "
+                             f"Fix it with --config.model.{key}=VALUE.")
+
+
 def build(name: str, num_classes: int = 1000, **overrides: Any) -> nn.Module:
     """The model `name` for `num_classes` classes, with `overrides` of its fields."""
     spec = _spec(name)
@@ -122,12 +215,14 @@ def build(name: str, num_classes: int = 1000, **overrides: Any) -> nn.Module:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"model {name!r} has no field {key!r}.{hint} "
                              f"Its fields: {', '.join(f for f in fields if f != 'num_classes')}")
+    if not _is_int(num_classes) or num_classes < 1:
+        raise ValueError(f"num_classes={num_classes!r} must be an integer >= 1 (the data set's "
+                         "class count)")
     kwargs = {**spec.fields, **{k: _coerce(k, v) for k, v in overrides.items()},
               "num_classes": int(num_classes)}
+    check_fields(name, kwargs)
     for key, choices in (("norm", NORMS), ("shortcut", SHORTCUTS)):
         if key in kwargs and kwargs[key] not in choices:
             raise ValueError(f"model {name!r}: {key}={kwargs[key]!r} is not valid; "
                              f"choose one of {choices}")
-    if int(num_classes) < 1:
-        raise ValueError(f"num_classes={num_classes} must be >= 1")
     return spec.cls(**kwargs)

@@ -13,8 +13,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.layers import (NORMS, SHORTCUTS, BasicBlock, BottleneckBlock, ConvBlock,
-                            GlobalAvgPool, MaxPool, activation, check_choice, make_conv,
-                            make_norm)
+                            GlobalAvgPool, MaxPool, activation, check_choice, check_input,
+                            make_conv, make_norm)
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
 
@@ -40,6 +40,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_input(type(self).__name__, x)
         check_choice("norm", self.norm, NORMS)
         check_choice("block", self.block, tuple(BLOCKS))
         check_choice("shortcut", self.shortcut, SHORTCUTS)
@@ -84,6 +85,7 @@ class CifarResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_input(type(self).__name__, x)
         check_choice("norm", self.norm, NORMS)
         check_choice("shortcut", self.shortcut, SHORTCUTS)
         if self.depth < 8 or (self.depth - 2) % 6:

@@ -11,8 +11,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.layers import (NORMS, AdaptiveAvgPool, ConvBlock, MaxPool, check_choice, make_conv,
-                            make_norm)
+from cnn_jax.layers import (NORMS, AdaptiveAvgPool, ConvBlock, MaxPool, check_choice, check_input,
+                            make_conv, make_norm)
 from cnn_jax.models.mlp import Classifier
 
 # Convs per stage for configurations A, B, D, E of the paper's Table 1.
@@ -36,6 +36,7 @@ class VGG(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_input(type(self).__name__, x)
         check_choice("norm", self.norm, NORMS)
         if len(self.stage_sizes) != len(self.widths):
             raise ValueError(f"VGG: stage_sizes {tuple(self.stage_sizes)} and widths "
