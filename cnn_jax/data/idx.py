@@ -21,6 +21,8 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+# Image size of the data sets whose file names these are (MNIST, Fashion-MNIST).
+MNIST_IMAGE_HW = (28, 28)
 
 
 def find_file(directory: str | os.PathLike, stem: str) -> Path | None:
@@ -89,13 +91,31 @@ def read_idx(path: Path, ndim_expected: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def read_split(directory: str | os.PathLike, split: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, H, W, 1) uint8 and labels (N,) int32 of one split of an IDX directory."""
+def check_image_size(path: Path, dims: tuple[int, ...],
+                     image_hw: tuple[int, int] | None = MNIST_IMAGE_HW) -> None:
+    """ValueError naming the file when an images file's (N, H, W) header is not N x `image_hw`."""
+    if image_hw is not None and tuple(dims[1:]) != tuple(image_hw):
+        h, w = image_hw
+        raise ValueError(
+            f"IDX file {path} holds {'x'.join(map(str, dims[1:]))} images, but MNIST and "
+            f"Fashion-MNIST images are {h}x{w}: the file belongs to another data set or is "
+            "corrupt. Point data.path at the IDX files of the data set named by data.name, or "
+            "store other images as <root>/<split>/<class>/*.png and use data.name='image_folder'."
+        )
+
+
+def read_split(directory: str | os.PathLike, split: str, num_classes: int,
+               image_hw: tuple[int, int] | None = MNIST_IMAGE_HW) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, H, W, 1) uint8 and labels (N,) int32 of one split of an MNIST-style directory.
+
+    Its images must be `image_hw` (MNIST's 28x28 by default; None accepts any size).
+    """
     image_stem, label_stem = IDX_FILES[split]
     image_path, label_path = find_file(directory, image_stem), find_file(directory, label_stem)
     if image_path is None or label_path is None:
         missing = image_stem if image_path is None else label_stem
         raise FileNotFoundError(f"IDX file {missing}[.gz] not found in {directory}.")
+    check_image_size(image_path, read_dims(image_path, 3), image_hw)
     images = read_idx(image_path, 3)[..., None]
     labels = read_idx(label_path, 1).astype(np.int32)
     if len(images) != len(labels):

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from cnn_jax.data import augment, preprocess, splits
-from cnn_jax.data.sources import (DEFAULT_IMAGE_SIZE, ArraySplit, FileSplit, Source, TfdsSplit,
-                                  field, resolve_source)
+from cnn_jax.data import augment, idx, preprocess, splits, validate
+from cnn_jax.data.sources import (DEFAULT_IMAGE_SIZE, IDX_NAMES, ArraySplit, FileSplit, Source,
+                                  TfdsSplit, field, resolve_source)
 
 Batch = dict[str, np.ndarray]
 
@@ -59,17 +59,23 @@ class _Plan:
 
 def _check_config(cfg: Any) -> None:
     preprocess.check_mode(str(field(cfg, "normalize", "train_stats")))
-    checks = [
-        ("crop_padding", field(cfg, "crop_padding", 0), lambda v: int(v) >= 0, ">= 0"),
-        ("mixup_alpha", field(cfg, "mixup_alpha", 0.0), lambda v: float(v) >= 0, ">= 0"),
-        ("cutmix_alpha", field(cfg, "cutmix_alpha", 0.0), lambda v: float(v) >= 0, ">= 0"),
-        ("max_bad_fraction", field(cfg, "max_bad_fraction", 0.01), lambda v: 0 <= float(v) <= 1,
-         "in [0, 1]"),
-        ("shuffle_buffer", field(cfg, "shuffle_buffer", 50_000), lambda v: int(v) >= 1, ">= 1"),
-    ]
-    for name, value, ok, want in checks:
-        if not ok(value):
-            raise ValueError(f"data.{name}={value!r} must be {want}.")
+    validate.check_config(cfg)
+
+
+def _check_idx_size(source: Source) -> None:
+    """Refuses MNIST-style IDX files of another image size before a model is built for it.
+
+    idx.read_split refuses them too, naming the file, but only when a split is loaded, which
+    normalize='none'/'published' leaves until the first batch.
+    """
+    h, w = source.shape[:2]
+    if (source.name in IDX_NAMES and source.origin.startswith("IDX files")
+            and (h, w) != idx.MNIST_IMAGE_HW):
+        raise ValueError(
+            f"{source.origin}: {idx.IDX_FILES['train'][0]} holds {h}x{w} images, but "
+            f"{source.name} images are 28x28: the files belong to another data set or are "
+            "corrupt. Point data.path at the IDX files of the data set named by data.name, or "
+            "store other images as <root>/<split>/<class>/*.png and use data.name='image_folder'.")
 
 
 def _fit_size(images: np.ndarray, size: int) -> np.ndarray:
@@ -128,6 +134,7 @@ def _stats_from_stream(source: Source, cfg: Any, spec: str, image_size: int):
 def _plan(cfg: Any, *, splits_to_count: tuple[str, ...] | None = None) -> _Plan:
     _check_config(cfg)
     source = resolve_source(cfg)
+    _check_idx_size(source)
     name = source.name
     train_spec = str(field(cfg, "train_split", "train"))
     image_size = int(field(cfg, "image_size", -1))
