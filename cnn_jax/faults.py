@@ -156,7 +156,10 @@ def _install_hooks(hooks: dict) -> None:
             step = _step_of(Path(str(self._final_path)).name)
             if not fired and step is not None and step >= spec["from_step"]:
                 fired.append(step)
-                Path(spec["marker"]).write_text(f"{step} {self.get()}\n")
+                # Written whole, then renamed: the campaign polls for the marker and reads it.
+                partial = Path(spec["marker"] + ".partial")
+                partial.write_text(f"{step} {self.get()}\n")
+                os.replace(partial, spec["marker"])
                 await asyncio.sleep(spec["seconds"])
             return await original(self, *args, **kwargs)
 
