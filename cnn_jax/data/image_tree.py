@@ -163,8 +163,14 @@ def _to_channels(image: np.ndarray, channels: int) -> np.ndarray:
 
 
 def _decode_all(files: list[str], image_size: int) -> tuple[dict[int, np.ndarray], list[int]]:
-    """Decodes files in parallel with tf.data; returns {index: HWC uint8} and bad indices."""
-    import tensorflow as tf  # local: only loaded when a tree is decoded
+    """Decodes files in parallel with tf.data; returns {index: HWC uint8} and bad indices.
+
+    Without TensorFlow (e.g. a GPU image that has only JAX), PIL decodes them in threads.
+    """
+    try:
+        import tensorflow as tf  # local: only loaded when a tree is decoded
+    except ImportError:
+        return _decode_all_pil(files, image_size)
 
     def decode(path, i):
         data = tf.io.read_file(path)
@@ -191,6 +197,34 @@ def _decode_all(files: list[str], image_size: int) -> tuple[dict[int, np.ndarray
             decoded[int(i)] = chunk.reshape(shape)
     bad = [i for i in range(len(files)) if i not in decoded]
     return decoded, bad
+
+
+def _decode_pil(path: str, image_size: int) -> np.ndarray | None:
+    """One file as HWC uint8 (libjpeg's accurate IDCT, like the tf.data path), None if unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if im.mode in ("L", "LA", "1", "I", "I;16") else "RGB")
+            if image_size > 0:
+                w, h = im.size
+                side = min(w, h)
+                left, top = (w - side) // 2, (h - side) // 2
+                im = im.resize((image_size, image_size), Image.BILINEAR,
+                               box=(left, top, left + side, top + side))
+            image = np.asarray(im, np.uint8)
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return image[..., None] if image.ndim == 2 else image
+
+
+def _decode_all_pil(files: list[str], image_size: int) -> tuple[dict[int, np.ndarray], list[int]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(32, os.cpu_count() or 1)) as pool:
+        images = list(pool.map(lambda f: _decode_pil(f, image_size), files, chunksize=256))
+    decoded = {i: im for i, im in enumerate(images) if im is not None}
+    return decoded, [i for i, im in enumerate(images) if im is None]
 
 
 def center_crop_resize_tf(image, size: int, crop_fraction: float = 1.0):

@@ -8,8 +8,6 @@ import os
 import time
 from typing import Any
 
-from clu import metric_writers
-
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_SUBDIR = "tensorboard"
 
@@ -69,11 +67,13 @@ class MetricsLogger:
         self.enabled = enabled
         self.path = os.path.join(workdir, METRICS_FILE)
         self._tb_root = os.path.join(workdir, TENSORBOARD_SUBDIR)
-        self._writers: dict[str, metric_writers.MetricWriter] = {}
+        self._writers: dict[str, Any] = {}
         self._file = open(self.path, "a") if enabled else None
 
-    def _writer(self, split: str) -> metric_writers.MetricWriter:
+    def _writer(self, split: str) -> Any:
         if split not in self._writers:
+            from clu import metric_writers  # local: clu's TensorBoard writer imports TensorFlow
+
             self._writers[split] = metric_writers.SummaryWriter(os.path.join(self._tb_root, split))
         return self._writers[split]
 
