@@ -118,3 +118,28 @@ def test_on_device_refuses_streamed_data(tmp_path):
                                          cache_dir=str(tmp_path / "c")))
     with pytest.raises(ValueError, match=r"on_device=True needs a data set held in memory"):
         OnDeviceData(cfg, 2, seed=0)
+
+
+def test_seed_as_data_gives_the_same_batches_as_a_compiled_in_seed():
+    """The seed travels in `arrays` (one compilation for every seed); the stream is unchanged."""
+    import ml_collections
+
+    from cnn_jax.data.on_device import OnDeviceData, _batch
+
+    cfg = ml_collections.ConfigDict(dict(
+        name="synthetic", path="", train_split="train", eval_split="", val_split="",
+        normalize="none", image_size=-1, crop_padding=2, flip=True, random_resized_crop=False,
+        mixup_alpha=0.0, cutmix_alpha=0.0, shuffle_buffer=100, max_bad_fraction=0.01,
+        synthetic_shape=(8, 8, 3), synthetic_num_classes=4, synthetic_num_examples=64,
+        cache_dir="", download=False, stats_max_examples=64))
+    source = OnDeviceData(cfg, global_batch_size=16, seed=7)
+    assert int(source.arrays["seed"]) == 7
+    without = {k: v for k, v in source.arrays.items() if k != "seed"}
+    for step in (0, 5):
+        a = source.batch_fn(source.arrays, step)
+        b = _batch(source.settings, without, step)
+        np.testing.assert_array_equal(np.asarray(a["image"]), np.asarray(b["image"]))
+        np.testing.assert_array_equal(np.asarray(a["label"]), np.asarray(b["label"]))
+    other = OnDeviceData(cfg, global_batch_size=16, seed=8)
+    assert not np.array_equal(np.asarray(source.batch_fn(other.arrays, 0)["image"]),
+                              np.asarray(source.batch_fn(source.arrays, 0)["image"]))

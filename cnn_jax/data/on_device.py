@@ -125,7 +125,9 @@ def _batch(s: _Settings, arrays: dict[str, jax.Array], step) -> dict[str, jax.Ar
     n = labels.shape[0]
     step = jnp.asarray(step).astype(jnp.int32)
     epoch, i = step // s.steps_per_epoch, step % s.steps_per_epoch
-    k_perm, k_aug = jax.random.split(jax.random.key(s.seed))
+    # The seed travels as data when present, so that runs differing only in seed share one
+    # compiled step (and the persistent compilation cache).
+    k_perm, k_aug = jax.random.split(jax.random.key(arrays.get("seed", s.seed)))
     positions = i * s.batch_size + jnp.arange(s.batch_size)
     index = epoch_permutation(jax.random.fold_in(k_perm, epoch), positions, n)
     k_crop, k_mix = jax.random.split(jax.random.fold_in(k_aug, step))
@@ -169,4 +171,6 @@ class OnDeviceData:
             scale=tuple(float(v) for v in plan.scale), bias=tuple(float(v) for v in plan.bias))
         self.arrays = {"images": jnp.asarray(np.ascontiguousarray(split.images, np.uint8)),
                        "labels": jnp.asarray(split.labels.astype(np.int32))}
+        if 0 <= int(seed) < 2**32:
+            self.arrays["seed"] = jnp.asarray(int(seed), jnp.uint32)
         self.batch_fn = functools.partial(_batch, self.settings)
