@@ -61,17 +61,18 @@ row() {
 JAX="$PY -m cnn_jax.benchmark"
 TORCH="$PY benchmarks/torch_baseline.py"
 
+# Most important first: rows not started within BUDGET_S are skipped.
 row "resnet50 train bf16" cnn_jax $JAX --model=resnet50 $R50 --dtype=bfloat16 --mode=train $STEPS
-row "resnet50 train bf16" torch_eager $TORCH --model=resnet50 $R50 --dtype=bfloat16 --mode=train $STEPS
 [ "$TORCH_COMPILE" = "1" ] && row "resnet50 train bf16" torch_compile $TORCH --model=resnet50 $R50 --dtype=bfloat16 --mode=train --compile $STEPS
+row "resnet50 train bf16" torch_eager $TORCH --model=resnet50 $R50 --dtype=bfloat16 --mode=train $STEPS
+row "resnet20 train, resident batch" cnn_jax $JAX --model=resnet20 $C20 --mode=train $STEPS
+row "resnet20 train, on-device CIFAR pipeline" cnn_jax $JAX --model=resnet20 $C20 --mode=train --data=on_device --data_examples=$EXAMPLES $STEPS
+row "resnet20 train, resident batch" torch_eager $TORCH --model=resnet20 $C20 --mode=train $STEPS
 for m in resnet18 resnet50; do
   row "$m infer bf16" cnn_jax $JAX --model=$m $R18 --dtype=bfloat16 --mode=infer $ISTEPS
   row "$m infer bf16" torch_eager $TORCH --model=$m $R18 --dtype=bfloat16 --mode=infer $ISTEPS
   [ "$TORCH_COMPILE" = "1" ] && [ "$m" = resnet50 ] && row "$m infer bf16" torch_compile $TORCH --model=$m $R18 --dtype=bfloat16 --mode=infer --compile $ISTEPS
 done
-row "resnet20 train, resident batch" cnn_jax $JAX --model=resnet20 $C20 --mode=train $STEPS
-row "resnet20 train, on-device CIFAR pipeline" cnn_jax $JAX --model=resnet20 $C20 --mode=train --data=on_device --data_examples=$EXAMPLES $STEPS
-row "resnet20 train, resident batch" torch_eager $TORCH --model=resnet20 $C20 --mode=train $STEPS
 
 "$PY" - "$LOG" "$START" <<'EOF'
 import json, sys, time

@@ -25,7 +25,7 @@ def test_config_builds_a_valid_model_and_schedule(arg):
     c = cifar10_speedrun.get_config(arg)
     assert c.data.on_device and c.data.flip and c.data.crop_padding == 4
     assert c.total_steps > 0 and c.total_steps % c.steps_per_dispatch == 0
-    assert 0 < c.label_smoothing < 1
+    assert 0 <= c.label_smoothing < 1 and c.optim.lr > 0
     shapes = jax.eval_shape(lambda: _model(c).init(jax.random.PRNGKey(0),
                                                    jnp.zeros((1, 32, 32, 3)), train=False))
     n = sum(x.size for x in jax.tree.leaves(shapes["params"]))
@@ -48,6 +48,8 @@ def test_bad_args_are_clear():
         cifar10_speedrun.get_config("epochs=0")
     with pytest.raises(ValueError, match="runlocal"):
         cifar10_speedrun.get_config("runloacl")
+    with pytest.raises(ValueError, match="smoothing=1.0"):
+        cifar10_speedrun.get_config("smoothing=1.0")
 
 
 @pytest.mark.slow
@@ -62,3 +64,30 @@ def test_runlocal_trains_through_the_engine(tmp_path, monkeypatch):
     train = [x for x in lines if x.get("split") == "train"]
     assert train and train[-1]["step"] == c.total_steps
     assert all(jnp.isfinite(x["loss"]) for x in train)
+
+
+@pytest.mark.slow
+def test_speedrun_timer_runs_seeds_on_one_compilation(tmp_path, monkeypatch):
+    """benchmarks/speedrun.py on the runlocal recipe: two seeds, different runs, exact eval count."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, CNN_JAX_CIFAR10=str(tmp_path / "no_tree"), JAX_PLATFORMS="cpu",
+               CNN_JAX_CACHE=str(tmp_path / "jax_cache"))
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "speedrun.py"),
+         "--config=" + str(root / "experiments" / "cifar10_speedrun.py") + ":runlocal",
+         "--seeds=2", "--json", f"--config.data.cache_dir={tmp_path / 'cache'}"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    runs = summary["runs"]
+    assert [r["seed"] for r in runs] == [0, 1]
+    assert runs[0]["last_loss"] != runs[1]["last_loss"]  # the seed reached the data and init
+    assert all(r["train_s"] > 0 and 0 <= r["top1"] <= 1 and 0 <= r["top1_tta"] <= 1 for r in runs)
+    monkeypatch.setenv("CNN_JAX_CIFAR10", str(tmp_path / "no_tree"))
+    c = cifar10_speedrun.get_config("runlocal")
+    assert summary["eval_examples"] > 0 and summary["eval_split"] == c.data.eval_split
+    assert all(r["steps"] == c.total_steps for r in runs)

@@ -1,0 +1,152 @@
+"""Times the CIFAR-10 speed-run recipe: several seeds in one process, compile excluded.
+
+    python benchmarks/speedrun.py --config=experiments/cifar10_speedrun.py:dev --seeds=5
+    python benchmarks/speedrun.py --config=experiments/cifar10_speedrun.py --seeds=5 \
+        --config.data.path=/path/to/cifar10-jpeg     # final: all 50,000, evaluates on `test`
+
+For each seed it builds the engine's state and its on-device training step (the same code
+`launch.py` runs: `cnn_jax.train.loop.Setup` and `_OnDeviceTrainer`), compiles the step ahead of
+time (reported as `compile_s`), then times the training alone: from the first step's dispatch to
+the last step's result on the host (`train_s`, the recipe's own timer). The seed travels as data,
+so seeds after the first reuse the compiled step. Evaluation runs on the device over every
+example of the evaluation split (`data.eval_split`, else `data.val_split`), with and without
+test-time horizontal-flip averaging (logits of the image and its mirror image, averaged).
+
+No checkpoints or metric files are written: this is a timer, not a training run; use launch.py
+for those. Needs JAX, Flax, optax, ml_collections and absl (TensorFlow optional: image trees are
+decoded with PIL when it is missing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from cnn_jax.data import pipeline  # noqa: E402
+from cnn_jax.train import loop  # noqa: E402
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Recipe config, e.g. experiments/cifar10_speedrun.py:dev")
+flags.DEFINE_integer("seeds", 5, "Runs, with seeds config.seed, config.seed + 1, ...")
+flags.DEFINE_integer("eval_batch", 1000, "Batch size of the on-device evaluation.")
+flags.DEFINE_bool("json", False, "Print one JSON line at the end.")
+
+
+def _eval_arrays(config) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(split, uint8 images, labels, scale, bias) of the evaluation split, for on-device eval."""
+    split = config.data.get("eval_split", "") or config.data.get("val_split", "")
+    if not split:
+        raise ValueError("The recipe names no evaluation split: set --config.data.eval_split=test "
+                         "or --config.data.val_split='train[90%:]'.")
+    plan = pipeline._plan(config.data)
+    arrays = pipeline._load_array(plan.source, split, plan.image_size)
+    return split, arrays.images, arrays.labels, np.asarray(plan.scale), np.asarray(plan.bias)
+
+
+def _make_eval(apply_fn, scale, bias):
+    @jax.jit
+    def logits_fn(variables, images):
+        x = images.astype(jnp.float32) * scale + bias
+        plain = apply_fn(variables, x, train=False).astype(jnp.float32)
+        mirrored = apply_fn(variables, x[:, :, ::-1], train=False).astype(jnp.float32)
+        return plain, (plain + mirrored) / 2
+    return logits_fn
+
+
+def _accuracy(logits_fn, variables, images, labels, batch: int) -> tuple[float, float]:
+    n = len(labels)
+    pad = (-n) % batch
+    images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+    hits = np.zeros(2)
+    for i in range(0, len(images), batch):
+        plain, tta = logits_fn(variables, jnp.asarray(images[i:i + batch]))
+        real = slice(0, min(batch, n - i))
+        y = labels[i:i + batch][real]
+        hits += [np.sum(np.argmax(np.asarray(plain)[real], -1) == y),
+                 np.sum(np.argmax(np.asarray(tta)[real], -1) == y)]
+    return float(hits[0] / n), float(hits[1] / n)
+
+
+def main(argv):
+    del argv
+    config = FLAGS.config
+    if config is None:
+        raise app.UsageError("--config is required, e.g. --config=experiments/cifar10_speedrun.py:dev")
+    if not config.data.get("on_device", False):
+        raise app.UsageError("This timer runs the on-device recipe: set --config.data.on_device=True.")
+    if FLAGS.seeds < 1:
+        raise app.UsageError(f"--seeds={FLAGS.seeds} must be >= 1.")
+    try:
+        loop.configure_jax(config)  # the engine's settings: compilation cache, PRNG mode
+    except (AttributeError, ValueError) as e:  # an option this JAX version no longer has
+        print(f"warning: engine JAX settings not applied: {e}", flush=True)
+    t0 = time.time()
+    split, images, labels, scale, bias = _eval_arrays(config)
+    load_s = time.time() - t0
+    runs = []
+    compiled = logits_fn = None
+    base_seed = int(config.seed)
+    for r in range(FLAGS.seeds):
+        config.seed = base_seed + r
+        t = time.time()
+        setup = loop.Setup(config)
+        trainer = loop._OnDeviceTrainer(setup)
+        state = setup.strategy.create_state(setup.init_fn)
+        jax.block_until_ready(state)
+        setup_s = time.time() - t
+        total, per = setup.total_steps, int(config.steps_per_dispatch)
+        if total % per:
+            per = 1
+        t = time.time()
+        if compiled is None:  # the seed is data: one compilation serves every run
+            compiled = trainer._many.lower(state, trainer.arrays, per).compile()
+            logits_fn = _make_eval(setup.model.apply, scale, bias)
+        compile_s = time.time() - t
+        t = time.time()
+        for _ in range(total // per):
+            state, metrics = compiled(state, trainer.arrays)
+        last_loss = float(np.asarray(metrics["loss"])[-1])  # waits for the last step
+        train_s = time.time() - t
+        params = state.ema_params if state.ema_params is not None else state.params
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        t = time.time()
+        top1, top1_tta = _accuracy(logits_fn, variables, images, labels, FLAGS.eval_batch)
+        eval_s = time.time() - t
+        run = dict(seed=config.seed, steps=total, train_s=train_s, compile_s=compile_s,
+                   setup_s=setup_s, eval_s=eval_s, last_loss=last_loss, top1=top1,
+                   top1_tta=top1_tta, train_img_per_s=total * config.batch_size / train_s)
+        runs.append(run)
+        print(f"seed {run['seed']}: {total} steps in {train_s:.2f} s (compile {compile_s:.1f} s, "
+              f"setup {setup_s:.1f} s), {split} top-1 {top1:.2%}, with flips {top1_tta:.2%}, "
+              f"final train loss {last_loss:.3f}", flush=True)
+    dev = jax.devices()[0]
+    summary = dict(
+        device=dev.platform, device_name=getattr(dev, "device_kind", "?"), jax=jax.__version__,
+        eval_split=split, eval_examples=int(len(labels)), data_load_s=load_s, runs=runs,
+        mean_top1=statistics.mean(r["top1"] for r in runs),
+        mean_top1_tta=statistics.mean(r["top1_tta"] for r in runs),
+        mean_train_s=statistics.mean(r["train_s"] for r in runs))
+    print(f"{len(runs)} runs on {summary['device_name']}: mean {split} top-1 "
+          f"{summary['mean_top1']:.2%} ({summary['mean_top1_tta']:.2%} with flips), mean training "
+          f"time {summary['mean_train_s']:.2f} s (compile excluded: {runs[0]['compile_s']:.1f} s, "
+          f"once); data load {load_s:.1f} s")
+    if FLAGS.json:
+        print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main)
