@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from cnn_jax import ops
+
 ModuleDef = Any
 Padding = int | str | Sequence[int] | Sequence[tuple[int, int]]
 
@@ -151,7 +153,13 @@ def _layer_name(module: nn.Module) -> str:
 
 
 class Conv(nn.Conv):
-    """`nn.Conv` that validates the output size at trace time (see `output_size`)."""
+    """`nn.Conv` that validates the output size at trace time (see `output_size`).
+
+    Convolves with `ops.conv_general_dilated`: XLA's convolution, except small stride-1
+    convolutions on the CPU backend (see cnn_jax/ops.py for the profile behind it).
+    """
+
+    conv_general_dilated: Any = ops.conv_general_dilated
 
     def __call__(self, inputs):
         check_output_shape(_layer_name(self), inputs.shape[1:-1], self.kernel_size,
@@ -287,7 +295,7 @@ class MaxPool(nn.Module):
         if self.ceil_mode:  # pad the high side just enough for the extra (partial) window
             pads = [(self.padding, max(0, (o - 1) * s + k - n - self.padding))
                     for n, k, s, o in zip(x.shape[1:3], window, strides, out)]
-        return nn.max_pool(x, window, strides, padding=pads)
+        return ops.max_pool(x, window, strides, pads)
 
 
 class AvgPool(nn.Module):

@@ -1,0 +1,121 @@
+"""Faster formulations of two ops for the XLA CPU backend, chosen from a profile (issue 7).
+
+Profile (LeNet-5 train step, batch 128, 2-core CPU, jax 0.10.2; benchmarks/RESULTS.md):
+- A convolution with few input channels (LeNet's 1 -> 6, 5x5) runs at ~1 GMAC/s in XLA:CPU's
+  conv kernels (Eigen or YNNPACK): 12 CPU-ms of a 34 CPU-ms step. Written as a sum of
+  kh*kw*c_in shifted slices times weight rows, XLA fuses it into one loop: ~2.6 CPU-ms, same
+  numbers to float32 rounding. Its gradient keeps XLA's convolution transposes (fast here).
+- Max pooling's gradient (`select_and_scatter`) costs ~10 CPU-ms per 128x28x28x6 pooling; for
+  non-overlapping windows (window == stride, no padding, sizes divisible) a reshape + max gives
+  the same output and a 2.4x cheaper gradient (an equality mask). Where a window holds several
+  equal maxima, the gradient is split between them (jnp.max's rule) rather than sent to the first
+  one; both are valid subgradients.
+`conv_general_dilated` is the drop-in `lax.conv_general_dilated` that `layers.Conv` uses: it takes
+the shifted-slice form only on the CPU backend and only for small stride-1 convolutions, and
+`lax.conv_general_dilated` for everything else.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# Shifted-slice convolution when kh * kw * c_in is at most this (LeNet conv1: 25; a 3x3 RGB
+# stem: 27). Beyond it XLA's conv kernels win.
+MAX_SHIFTED_TERMS = 32
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _is_nhwc(dimension_numbers: Any) -> bool:
+    if dimension_numbers is None:
+        return False
+    if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+        return tuple(dimension_numbers) == ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+    return tuple(dimension_numbers) == _NHWC
+
+
+def _shifted_sum(x: jax.Array, w: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
+    kh, kw, cin, _ = w.shape
+    acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0))).astype(acc_dtype)
+    h = xp.shape[1] - kh + 1
+    wd = xp.shape[2] - kw + 1
+    w = w.astype(acc_dtype)
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            for c in range(cin):
+                term = xp[:, i:i + h, j:j + wd, c:c + 1] * w[i, j, c]
+                out = term if out is None else out + term
+    return out.astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _shifted_conv(x: jax.Array, w: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
+    return _shifted_sum(x, w, pads)
+
+
+def _shifted_conv_fwd(x, w, pads):
+    return _shifted_sum(x, w, pads), (x, w)
+
+
+def _shifted_conv_bwd(pads, saved, g):
+    x, w = saved
+    _, vjp = jax.vjp(
+        lambda x, w: lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=_NHWC), x, w)
+    return vjp(g)
+
+
+_shifted_conv.defvjp(_shifted_conv_fwd, _shifted_conv_bwd)
+
+
+def use_shifted_conv(lhs_shape: Sequence[int], rhs_shape: Sequence[int], window_strides: Any,
+                     padding: Any, lhs_dilation: Any, rhs_dilation: Any, dimension_numbers: Any,
+                     feature_group_count: int) -> bool:
+    """Whether `conv_general_dilated` takes the shifted-slice form for these arguments."""
+    if jax.default_backend() != "cpu" or not _is_nhwc(dimension_numbers):
+        return False
+    if len(rhs_shape) != 4 or feature_group_count != 1:
+        return False
+    if any(s != 1 for s in window_strides):
+        return False
+    for dilation in (lhs_dilation, rhs_dilation):
+        if dilation is not None and any(v != 1 for v in dilation):
+            return False
+    if isinstance(padding, str) or len(padding) != 2:
+        return False
+    kh, kw, cin, _ = rhs_shape
+    return kh * kw * cin <= MAX_SHIFTED_TERMS
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None,
+                         **kwargs) -> jax.Array:
+    """`lax.conv_general_dilated`, with the shifted-slice form for small CPU convolutions."""
+    if not kwargs and use_shifted_conv(lhs.shape, rhs.shape, window_strides, padding,
+                                       lhs_dilation, rhs_dilation, dimension_numbers,
+                                       feature_group_count):
+        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+        return _shifted_conv(lhs, rhs, pads)
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                    rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                    feature_group_count=feature_group_count, precision=precision,
+                                    **kwargs)
+
+
+def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
+             padding: Sequence[tuple[int, int]]) -> jax.Array:
+    """Max pooling over NHWC; reshape + max for non-overlapping, unpadded, dividing windows."""
+    import flax.linen as nn
+
+    b, h, w, c = x.shape
+    if (tuple(window) == tuple(strides) and all(p == (0, 0) for p in map(tuple, padding))
+            and h % window[0] == 0 and w % window[1] == 0):
+        kh, kw = window
+        return x.reshape(b, h // kh, kh, w // kw, kw, c).max(axis=(2, 4))
+    return nn.max_pool(x, window, strides, padding=padding)

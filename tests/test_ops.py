@@ -1,0 +1,99 @@
+"""cnn_jax.ops: the CPU formulations equal XLA's convolution and max pooling, values and gradients."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from cnn_jax import layers, ops
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _ref_conv(x, w, pads):
+    return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=NHWC,
+                                    precision=lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize("shape,kernel,pads", [
+    ((4, 28, 28, 1), (5, 5, 1, 6), ((2, 2), (2, 2))),   # LeNet conv1
+    ((3, 9, 7, 3), (3, 3, 3, 16), ((1, 1), (1, 1))),    # an RGB stem
+    ((2, 8, 8, 2), (3, 2, 2, 5), ((0, 2), (1, 0))),      # asymmetric padding and kernel
+])
+def test_shifted_conv_matches_xla_values_and_gradients(shape, kernel, pads):
+    kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(kx, shape)
+    w = jax.random.normal(kw, kernel)
+    dims = lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
+    assert ops.use_shifted_conv(x.shape, w.shape, (1, 1), pads, None, None, dims, 1)
+    got = ops.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=dims)
+    want = _ref_conv(x, w, pads)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    g = jax.random.normal(kg, want.shape)
+
+    def loss(f):
+        return lambda x, w: jnp.sum(f(x, w) * g)
+
+    got_grads = jax.grad(loss(lambda x, w: ops.conv_general_dilated(
+        x, w, (1, 1), pads, dimension_numbers=dims)), argnums=(0, 1))(x, w)
+    want_grads = jax.grad(loss(lambda x, w: _ref_conv(x, w, pads)), argnums=(0, 1))(x, w)
+    for a, b in zip(got_grads, want_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_shifted_conv_only_where_it_pays():
+    dims = lax.conv_dimension_numbers((1, 8, 8, 1), (3, 3, 1, 4), NHWC)
+    pads = ((1, 1), (1, 1))
+    assert not ops.use_shifted_conv((1, 8, 8, 1), (3, 3, 1, 4), (2, 2), pads, None, None, dims, 1)
+    assert not ops.use_shifted_conv((1, 8, 8, 16), (3, 3, 16, 4), (1, 1), pads, None, None, dims, 1)
+    assert not ops.use_shifted_conv((1, 8, 8, 1), (3, 3, 1, 4), (1, 1), "SAME", None, None, dims, 1)
+    assert not ops.use_shifted_conv((1, 8, 8, 1), (3, 3, 1, 4), (1, 1), pads, None, (2, 2), dims, 1)
+
+
+def test_bfloat16_conv_accumulates_in_float32():
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 12, 12, 1)).astype(jnp.bfloat16)
+    w = jax.random.normal(jax.random.PRNGKey(2), (5, 5, 1, 3)).astype(jnp.bfloat16)
+    pads = ((2, 2), (2, 2))
+    dims = lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
+    got = ops.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=dims)
+    assert got.dtype == jnp.bfloat16
+    want = _ref_conv(x.astype(jnp.float32), w.astype(jnp.float32), pads)
+    np.testing.assert_allclose(got.astype(jnp.float32), want, rtol=2e-2, atol=2e-2)
+
+
+def test_conv_layer_uses_it_and_keeps_its_parameters():
+    conv = layers.Conv(6, (5, 5), padding=2)
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, 28, 28, 1))
+    variables = conv.init(jax.random.PRNGKey(0), x)
+    assert variables["params"]["kernel"].shape == (5, 5, 1, 6)
+    plain = nn.Conv(6, (5, 5), padding=2)
+    np.testing.assert_allclose(conv.apply(variables, x), plain.apply(variables, x),
+                               rtol=1e-5, atol=1e-5)
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(conv.apply)(variables, x))
+
+
+@pytest.mark.parametrize("shape,window,strides,pads", [
+    ((2, 28, 28, 6), (2, 2), (2, 2), ((0, 0), (0, 0))),    # the reshape form
+    ((2, 9, 9, 3), (3, 3), (2, 2), ((0, 0), (0, 0))),      # overlapping: reduce_window
+    ((2, 7, 7, 3), (2, 2), (2, 2), ((0, 0), (0, 0))),      # not dividing: reduce_window
+    ((2, 8, 8, 3), (3, 3), (2, 2), ((1, 1), (1, 1))),      # padded: reduce_window
+])
+def test_max_pool_matches_flax_values_and_gradients(shape, window, strides, pads):
+    x = jax.random.normal(jax.random.PRNGKey(4), shape)  # no ties: one subgradient
+    got = ops.max_pool(x, window, strides, pads)
+    want = nn.max_pool(x, window, strides, padding=pads)
+    np.testing.assert_array_equal(got, want)
+    g = jax.random.normal(jax.random.PRNGKey(5), want.shape)
+    gx = jax.grad(lambda x: jnp.sum(ops.max_pool(x, window, strides, pads) * g))(x)
+    wx = jax.grad(lambda x: jnp.sum(nn.max_pool(x, window, strides, padding=pads) * g))(x)
+    np.testing.assert_allclose(gx, wx, rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_gradient_with_ties_is_a_subgradient():
+    x = jnp.zeros((1, 4, 4, 1)).at[0, 0, 0, 0].set(1.0)   # three windows of equal zeros
+    gx = jax.grad(lambda x: ops.max_pool(x, (2, 2), (2, 2), ((0, 0), (0, 0))).sum())(x)
+    windows = np.asarray(gx).reshape(2, 2, 2, 2).transpose(0, 2, 1, 3).reshape(4, 4)
+    np.testing.assert_allclose(windows.sum(axis=1), np.ones(4))  # each window passes 1 back
+    assert gx[0, 0, 0, 0] == 1.0
