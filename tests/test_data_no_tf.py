@@ -100,3 +100,26 @@ def test_metrics_module_imports_without_clu():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["ok", "False", "False"]
+
+
+def test_metrics_without_clu_go_to_jsonl_only(tmp_path, monkeypatch):
+    import builtins
+    import json
+
+    from cnn_jax.train import metrics
+
+    real_import = builtins.__import__
+
+    def no_clu(name, *args, **kwargs):
+        if name.startswith("clu"):
+            raise ImportError("clu blocked for this test")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_clu)
+    logger = metrics.MetricsLogger(str(tmp_path))
+    logger.write({"step": 1, "split": "train", "loss": 0.5})
+    logger.write({"step": 2, "split": "train", "loss": 0.25})
+    logger.close()
+    lines = [json.loads(x) for x in (tmp_path / metrics.METRICS_FILE).read_text().splitlines()]
+    assert [x["loss"] for x in lines] == [0.5, 0.25]
+    assert not (tmp_path / metrics.TENSORBOARD_SUBDIR).exists()

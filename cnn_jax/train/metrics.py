@@ -8,6 +8,8 @@ import os
 import time
 from typing import Any
 
+from absl import logging
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_SUBDIR = "tensorboard"
 
@@ -68,12 +70,20 @@ class MetricsLogger:
         self.path = os.path.join(workdir, METRICS_FILE)
         self._tb_root = os.path.join(workdir, TENSORBOARD_SUBDIR)
         self._writers: dict[str, Any] = {}
+        self._warned = False
         self._file = open(self.path, "a") if enabled else None
 
     def _writer(self, split: str) -> Any:
+        """The split's TensorBoard writer; None where clu/TensorFlow cannot be imported."""
         if split not in self._writers:
-            from clu import metric_writers  # local: clu's TensorBoard writer imports TensorFlow
-
+            try:
+                from clu import metric_writers  # local: its TensorBoard writer imports TensorFlow
+            except ImportError as e:
+                if not self._warned:
+                    logging.warning("TensorBoard files skipped (%s); metrics go to %s only.", e,
+                                    self.path)
+                    self._warned = True
+                return None
             self._writers[split] = metric_writers.SummaryWriter(os.path.join(self._tb_root, split))
         return self._writers[split]
 
@@ -86,7 +96,9 @@ class MetricsLogger:
         self._file.flush()
         scalars = {k: v for k, v in record.items()
                    if k not in ("step", "split") and isinstance(v, (int, float))}
-        self._writer(record["split"]).write_scalars(int(record["step"]), scalars)
+        writer = self._writer(record["split"])
+        if writer is not None:
+            writer.write_scalars(int(record["step"]), scalars)
 
     def flush(self) -> None:
         for w in self._writers.values():
