@@ -30,17 +30,22 @@ def test_split_parser_matches_tfds(n_train, n_test):
     assert refused < len(SPECS) // 2
 
 
-def test_split_parser_used_without_tfds_and_refuses_other_forms(monkeypatch):
+def _block_imports(monkeypatch, prefix: str) -> None:
+    """Makes `import <prefix>...` fail for the rest of the test, as if not installed."""
     import builtins
 
     real_import = builtins.__import__
 
-    def no_tfds(name, *args, **kwargs):
-        if name.startswith("tensorflow_datasets"):
-            raise ImportError("blocked for this test")
+    def blocked(name, *args, **kwargs):
+        if name.startswith(prefix):
+            raise ImportError(f"{name} blocked for this test")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_tfds)
+    monkeypatch.setattr(builtins, "__import__", blocked)
+
+
+def test_split_parser_used_without_tfds_and_refuses_other_forms(monkeypatch):
+    _block_imports(monkeypatch, "tensorflow_datasets")
     assert splits.resolve("train[:90%]", {"train": 50_000}, "here") == [("train", 0, 45_000)]
     with pytest.raises(ValueError, match=r"'train\[::2\]'.*not of the form"):
         splits.resolve("train[::2]", {"train": 10}, "here")
@@ -103,19 +108,11 @@ def test_metrics_module_imports_without_clu():
 
 
 def test_metrics_without_clu_go_to_jsonl_only(tmp_path, monkeypatch):
-    import builtins
     import json
 
     from cnn_jax.train import metrics
 
-    real_import = builtins.__import__
-
-    def no_clu(name, *args, **kwargs):
-        if name.startswith("clu"):
-            raise ImportError("clu blocked for this test")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_clu)
+    _block_imports(monkeypatch, "clu")
     logger = metrics.MetricsLogger(str(tmp_path))
     logger.write({"step": 1, "split": "train", "loss": 0.5})
     logger.write({"step": 2, "split": "train", "loss": 0.25})
