@@ -24,6 +24,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.threefry_partitionable = False   # JAX PRNG mode; False compiles RNG code ~5x faster on CPU
     c.ema_decay = 0.0                  # > 0 keeps an exponential moving average of params
     c.label_smoothing = 0.0
+    c.eval_flip_tta = False            # evaluate on the mean logits of image and its mirror image
     c.grad_clip_norm = 0.0             # <= 0: no clipping
     c.steps_per_dispatch = 1           # > 1: lax.scan over several train steps per call
     c.eval_batch_size = -1             # <= 0: same as batch_size (global; splits over devices)

@@ -222,3 +222,26 @@ def test_optimizer_fields_are_checked_with_their_name(field, value, expect):
     with pytest.raises(ValueError) as e:
         optim.validate(c)
     assert expect in str(e.value)
+
+
+def test_eval_flip_tta_averages_the_logits_of_image_and_mirror():
+    import dataclasses
+
+    cfg, state = _setup(_config())
+    tta = dataclasses.replace(cfg, eval_flip_tta=True)
+    batch = _batch()
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    logits = cfg.apply_fn(variables, batch["image"], train=False)
+    mirrored = cfg.apply_fn(variables, batch["image"][:, :, ::-1], train=False)
+    mean = (np.asarray(logits) + np.asarray(mirrored)) / 2
+    assert not np.allclose(logits, mirrored)  # the net is not flip-invariant: the test can fail
+    want_top1 = float(np.sum(mean.argmax(-1) == batch["label"]))
+    want_loss = float(np.sum(optax.softmax_cross_entropy_with_integer_labels(
+        jnp.asarray(mean), batch["label"])))
+    sums = steps.eval_step(state, batch, tta)
+    assert float(sums["top1"]) == want_top1
+    np.testing.assert_allclose(float(sums["loss"]), want_loss, rtol=1e-5)
+    # a mirror-symmetric image gives the plain logits
+    sym = dict(batch, image=(batch["image"] + batch["image"][:, :, ::-1]) / 2)
+    a, b = steps.eval_step(state, sym, tta), steps.eval_step(state, sym, cfg)
+    np.testing.assert_allclose(float(a["loss"]), float(b["loss"]), rtol=1e-5)

@@ -28,7 +28,7 @@ RESUME_SAFE_FIELDS = (
     "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
     "keep_best_metric", "async_checkpoints", "compilation_cache", "steps_per_dispatch",
     "parallel", "eval_batch_size", "num_epochs", "total_steps", "data.eval_split",
-    "data.val_split", "data.shuffle_buffer", "data.max_bad_fraction",
+    "data.val_split", "data.shuffle_buffer", "data.max_bad_fraction", "eval_flip_tta",
 )
 
 

@@ -91,7 +91,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check_choice("parallel", config.parallel, parallel.PARALLEL_MODES)
     if config.keep_best_metric:
         check_choice("keep_best_metric", config.keep_best_metric, BEST_METRICS)
-    for field in ("async_checkpoints", "compilation_cache"):
+    for field in ("async_checkpoints", "compilation_cache", "eval_flip_tta"):
         if not isinstance(config.get(field, True), bool):
             raise ValueError(f"config.{field} must be True or False, got {config[field]!r}.")
     optim.validate(config)
@@ -169,6 +169,7 @@ class Setup:
             num_classes=self.num_classes, label_smoothing=float(config.label_smoothing),
             aux_loss_weight=float(config.get("aux_loss_weight", 0.3)),
             ema_decay=float(config.ema_decay),
+            eval_flip_tta=bool(config.get("eval_flip_tta", False)),
             axis_name=parallel.PMAP_AXIS if config.parallel == "pmap" else None)
         self.strategy = parallel.create_strategy(config.parallel, self.step_cfg,
                                                  bn_sync=bool(config.model.get("bn_sync", True)))

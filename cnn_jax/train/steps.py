@@ -28,6 +28,7 @@ class StepConfig:
     aux_loss_weight: float = 0.3
     ema_decay: float = 0.0
     axis_name: str | None = None
+    eval_flip_tta: bool = False
 
 
 def _split_outputs(outputs: Any) -> tuple[jax.Array, tuple[jax.Array, ...]]:
@@ -102,12 +103,16 @@ def eval_step(state: TrainState, batch: dict, cfg: StepConfig) -> dict:
     """Mask-weighted sums of loss, top-1 and top-5 hits and the example count for one batch.
 
     Sums (not means) so that padded examples are dropped and every real example counts once.
-    Uses the EMA of the parameters when the run keeps one.
+    Uses the EMA of the parameters when the run keeps one; with `eval_flip_tta`, the logits are
+    the mean of the image's and its horizontal mirror's.
     """
     params = state.ema_params if state.ema_params is not None else state.params
-    outputs = cfg.apply_fn({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                           train=False)
-    logits, _ = _split_outputs(outputs)
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    logits, _ = _split_outputs(cfg.apply_fn(variables, batch["image"], train=False))
+    if cfg.eval_flip_tta:  # test-time augmentation: average with the mirror image's logits
+        mirrored, _ = _split_outputs(cfg.apply_fn(variables, batch["image"][:, :, ::-1],
+                                                  train=False))
+        logits = (logits.astype(jnp.float32) + mirrored.astype(jnp.float32)) / 2
     labels = batch["label"]
     mask = batch.get("mask")
     mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
