@@ -7,13 +7,12 @@ torchvision: 64/192/384/256/256 channels, adaptive average pool to 6x6 (61,100,8
 """
 
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.layers import (NORMS, AdaptiveAvgPool, ConvBlock, MaxPool, check_choice, check_input,
-                            make_conv, make_norm)
+from cnn_jax.layers import AdaptiveAvgPool, ConvBlock, MaxPool, make_conv
+from cnn_jax.models.common import ModelBase
 from cnn_jax.models.mlp import Classifier
 
 # (features, kernel, stride, padding, max-pool after)
@@ -23,27 +22,18 @@ TORCHVISION_LAYERS = ((64, 11, 4, 2, True), (192, 5, 1, 2, True), (384, 3, 1, 1,
                       (256, 3, 1, 1, False), (256, 3, 1, 1, True))
 
 
-class AlexNet(nn.Module):
+class AlexNet(ModelBase):
     """Five conv layers with overlapping max-pools and a 3-layer classifier with dropout."""
 
-    num_classes: int = 1000
     conv_layers: Sequence[Sequence[int]] = LECTURE_LAYERS
     adaptive_pool: int = 0  # > 0: average-pool the features to this size (torchvision: 6)
     classifier_width: int = 4096
     dropout: float = 0.5
     dropout_first: bool = False
-    norm: str = "none"
-    dtype: Any = jnp.float32
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        check_input(type(self).__name__, x)
-        check_choice("norm", self.norm, NORMS)
-        norm = make_norm(self.norm, train=train, dtype=self.dtype, momentum=self.bn_momentum,
-                         epsilon=self.bn_epsilon, axis_name=self.bn_axis_name)
+        norm = self.checked_norm(x, train)
         conv = make_conv(self.dtype, use_bias=norm is None)
         x = x.astype(self.dtype)
         for i, (features, kernel, stride, pad, pool) in enumerate(self.conv_layers, start=1):

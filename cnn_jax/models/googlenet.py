@@ -11,8 +11,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.layers import (NORMS, AdaptiveAvgPool, ConvBlock, GlobalAvgPool, InceptionBlock,
-                            MaxPool, check_choice, check_input, make_conv, make_norm)
+from cnn_jax.layers import (AdaptiveAvgPool, ConvBlock, GlobalAvgPool, InceptionBlock, MaxPool,
+                            make_conv)
+from cnn_jax.models.common import ModelBase
 
 # name: (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj)   (Table 1 of the paper)
 INCEPTION = {
@@ -43,26 +44,19 @@ class InceptionAux(nn.Module):
         return nn.Dense(self.num_classes, dtype=self.dtype, name="fc2")(x).astype(jnp.float32)
 
 
-class GoogLeNet(nn.Module):
+class GoogLeNet(ModelBase):
     """Inception v1: stem, nine Inception blocks, global average pool, dropout, fc."""
 
-    num_classes: int = 1000
     aux_logits: bool = False
     torchvision_compat: bool = False
     dropout: float = 0.2  # torchvision's; the paper used 0.4
     aux_dropout: float = 0.7
     norm: str = "batch"
-    dtype: Any = jnp.float32
-    bn_momentum: float = 0.9
     bn_epsilon: float = 1e-3  # torchvision's BasicConv2d
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        check_input(type(self).__name__, x)
-        check_choice("norm", self.norm, NORMS)
-        norm = make_norm(self.norm, train=train, dtype=self.dtype, momentum=self.bn_momentum,
-                         epsilon=self.bn_epsilon, axis_name=self.bn_axis_name)
+        norm = self.checked_norm(x, train)
         conv = make_conv(self.dtype, use_bias=norm is None)
         block = lambda *cfg, name: InceptionBlock(  # noqa: E731
             *cfg, kernel_5x5=3 if self.torchvision_compat else 5, conv=conv, norm=norm, name=name)

@@ -5,35 +5,25 @@ Activation defaults to ReLU and pooling to max (the 1998 paper used scaled tanh 
 subsampling); `activation="tanh"`, `pool="avg"` get closer to the original.
 """
 
-from typing import Any
-
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.layers import (NORMS, AvgPool, ConvBlock, MaxPool, activation, check_choice,
-                            check_input, make_conv, make_norm)
+from cnn_jax.layers import AvgPool, ConvBlock, MaxPool, activation, check_choice, make_conv
+from cnn_jax.models.common import ModelBase
 
 
-class LeNet5(nn.Module):
+class LeNet5(ModelBase):
     """LeNet-5; `norm` adds a normalisation after each conv (none by default, as the original)."""
 
     num_classes: int = 10
     activation: str = "relu"
     pool: str = "max"
-    norm: str = "none"
-    dtype: Any = jnp.float32
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        check_input(type(self).__name__, x)
-        check_choice("norm", self.norm, NORMS)
+        norm = self.checked_norm(x, train)
         check_choice("pool", self.pool, ("max", "avg"))
         act = activation(self.activation)
-        norm = make_norm(self.norm, train=train, dtype=self.dtype, momentum=self.bn_momentum,
-                         epsilon=self.bn_epsilon, axis_name=self.bn_axis_name)
         conv = make_conv(self.dtype, use_bias=norm is None)
         pool = MaxPool if self.pool == "max" else AvgPool
         x = x.astype(self.dtype)

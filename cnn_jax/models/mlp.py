@@ -6,7 +6,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.layers import NORMS, activation, check_choice, check_input, make_norm
+from cnn_jax.layers import activation
+from cnn_jax.models.common import ModelBase
 
 
 class Classifier(nn.Module):
@@ -37,26 +38,18 @@ class Classifier(nn.Module):
         return nn.Dense(self.num_classes, dtype=self.dtype, name=name)(x)
 
 
-class MLP(nn.Module):
+class MLP(ModelBase):
     """Flatten -> [Dense -> norm -> activation -> dropout] x len(hidden_sizes) -> Dense logits."""
 
     num_classes: int = 10
     hidden_sizes: Sequence[int] = (512, 512)
     activation: str = "relu"
     dropout: float = 0.0
-    norm: str = "none"
-    dtype: Any = jnp.float32
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        check_input(type(self).__name__, x)
-        check_choice("norm", self.norm, NORMS)
+        norm = self.checked_norm(x, train)
         act = activation(self.activation)
-        norm = make_norm(self.norm, train=train, dtype=self.dtype, momentum=self.bn_momentum,
-                         epsilon=self.bn_epsilon, axis_name=self.bn_axis_name)
         x = x.reshape(x.shape[0], -1).astype(self.dtype)
         for i, width in enumerate(self.hidden_sizes):
             x = nn.Dense(width, use_bias=norm is None, dtype=self.dtype, name=f"fc{i + 1}")(x)

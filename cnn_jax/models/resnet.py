@@ -7,22 +7,20 @@ CIFAR ResNets follow section 4.2: 6n+2 layers, 16-32-64 channels, shortcut optio
 """
 
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.layers import (NORMS, SHORTCUTS, BasicBlock, BottleneckBlock, ConvBlock,
-                            GlobalAvgPool, MaxPool, activation, check_choice, check_input,
-                            make_conv, make_norm)
+from cnn_jax.layers import (SHORTCUTS, BasicBlock, BottleneckBlock, ConvBlock, GlobalAvgPool,
+                            MaxPool, activation, check_choice, make_conv)
+from cnn_jax.models.common import ModelBase
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
 
 
-class ResNet(nn.Module):
+class ResNet(ModelBase):
     """ImageNet-style ResNet: stem, four stages of residual blocks, global average pool, fc."""
 
-    num_classes: int = 1000
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     block: str = "basic"
     width: int = 64
@@ -33,20 +31,13 @@ class ResNet(nn.Module):
     zero_init_last_bn: bool = False
     activation: str = "relu"
     norm: str = "batch"
-    dtype: Any = jnp.float32
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        check_input(type(self).__name__, x)
-        check_choice("norm", self.norm, NORMS)
+        norm = self.checked_norm(x, train)
         check_choice("block", self.block, tuple(BLOCKS))
         check_choice("shortcut", self.shortcut, SHORTCUTS)
         act = activation(self.activation)
-        norm = make_norm(self.norm, train=train, dtype=self.dtype, momentum=self.bn_momentum,
-                         epsilon=self.bn_epsilon, axis_name=self.bn_axis_name)
         conv = make_conv(self.dtype, use_bias=norm is None)
         x = x.astype(self.dtype)
         if self.small_stem:
@@ -67,7 +58,7 @@ class ResNet(nn.Module):
         return x.astype(jnp.float32)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(ModelBase):
     """CIFAR ResNet of He et al. 2016 sec. 4.2: 3x3 conv, 3 stages of n basic blocks, pool, fc."""
 
     num_classes: int = 10
@@ -78,22 +69,15 @@ class CifarResNet(nn.Module):
     zero_init_last_bn: bool = False
     activation: str = "relu"
     norm: str = "batch"
-    dtype: Any = jnp.float32
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        check_input(type(self).__name__, x)
-        check_choice("norm", self.norm, NORMS)
+        norm = self.checked_norm(x, train)
         check_choice("shortcut", self.shortcut, SHORTCUTS)
         if self.depth < 8 or (self.depth - 2) % 6:
             raise ValueError(f"CifarResNet depth={self.depth} must be 6n+2 (20, 32, 44, 56, 110)")
         n = (self.depth - 2) // 6
         act = activation(self.activation)
-        norm = make_norm(self.norm, train=train, dtype=self.dtype, momentum=self.bn_momentum,
-                         epsilon=self.bn_epsilon, axis_name=self.bn_axis_name)
         conv = make_conv(self.dtype, use_bias=norm is None)
         x = x.astype(self.dtype)
         x = ConvBlock(self.widths[0], (3, 3), 1, 1, conv=conv, norm=norm, act=act, name="stem")(x)

@@ -6,43 +6,33 @@ torchvision does, so parameter counts match its published ones.
 """
 
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.layers import (NORMS, AdaptiveAvgPool, ConvBlock, MaxPool, check_choice, check_input,
-                            make_conv, make_norm)
+from cnn_jax.layers import AdaptiveAvgPool, ConvBlock, MaxPool, make_conv
+from cnn_jax.models.common import ModelBase
 from cnn_jax.models.mlp import Classifier
 
 # Convs per stage for configurations A, B, D, E of the paper's Table 1.
 STAGES = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
 
 
-class VGG(nn.Module):
+class VGG(ModelBase):
     """VGG with `stage_sizes` convs of `widths` channels per stage."""
 
-    num_classes: int = 1000
     stage_sizes: Sequence[int] = STAGES[16]
     widths: Sequence[int] = (64, 128, 256, 512, 512)
     classifier_width: int = 4096
     pool_size: int = 7
     dropout: float = 0.5
-    norm: str = "none"
-    dtype: Any = jnp.float32
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        check_input(type(self).__name__, x)
-        check_choice("norm", self.norm, NORMS)
+        norm = self.checked_norm(x, train)
         if len(self.stage_sizes) != len(self.widths):
             raise ValueError(f"VGG: stage_sizes {tuple(self.stage_sizes)} and widths "
                              f"{tuple(self.widths)} must have the same length")
-        norm = make_norm(self.norm, train=train, dtype=self.dtype, momentum=self.bn_momentum,
-                         epsilon=self.bn_epsilon, axis_name=self.bn_axis_name)
         conv = make_conv(self.dtype, use_bias=True)
         x = x.astype(self.dtype)
         for s, (n, width) in enumerate(zip(self.stage_sizes, self.widths), start=1):
