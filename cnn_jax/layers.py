@@ -397,7 +397,16 @@ class InceptionBlock(nn.Module):
 
 
 class _ResidualBase(nn.Module):
-    """Shortcut logic shared by BasicBlock and BottleneckBlock (He et al. 2016, options A/B/C)."""
+    """Fields and shortcut logic shared by BasicBlock and BottleneckBlock (He et al. 2016)."""
+
+    features: int
+    strides: int = 1
+    conv: ModuleDef = Conv
+    norm: ModuleDef | None = None
+    act: Callable = nn.relu
+    shortcut: str = "B"
+    residual: bool = True
+    zero_init_last_bn: bool = False
 
     def _shortcut(self, x, features: int, strides: int):
         check_choice("shortcut", self.shortcut, SHORTCUTS)
@@ -414,18 +423,15 @@ class _ResidualBase(nn.Module):
             x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, features - in_features)))
         return x
 
+    def _add_shortcut(self, x, y, features: int):
+        """act(y + shortcut(x)) for a residual block, act(y) for its plain twin."""
+        if self.residual:
+            y = y + self._shortcut(x, features, self.strides).astype(y.dtype)
+        return self.act(y)
+
 
 class BasicBlock(_ResidualBase):
     """Two 3x3 conv-norm layers + shortcut; `residual=False` gives the plain (no-shortcut) twin."""
-
-    features: int
-    strides: int = 1
-    conv: ModuleDef = Conv
-    norm: ModuleDef | None = None
-    act: Callable = nn.relu
-    shortcut: str = "B"
-    residual: bool = True
-    zero_init_last_bn: bool = False
 
     expansion = 1
 
@@ -435,22 +441,12 @@ class BasicBlock(_ResidualBase):
         y = block(self.features, (3, 3), self.strides, act=self.act, name="conv1")(x)
         y = block(self.features, (3, 3), 1, act=None, zero_init_norm=self.zero_init_last_bn,
                   name="conv2")(y)
-        if self.residual:
-            y = y + self._shortcut(x, self.features, self.strides).astype(y.dtype)
-        return self.act(y)
+        return self._add_shortcut(x, y, self.features)
 
 
 class BottleneckBlock(_ResidualBase):
     """1x1 reduce, 3x3, 1x1 expand (x4). Stride on the 3x3 (v1.5) or on the first 1x1 (v1)."""
 
-    features: int
-    strides: int = 1
-    conv: ModuleDef = Conv
-    norm: ModuleDef | None = None
-    act: Callable = nn.relu
-    shortcut: str = "B"
-    residual: bool = True
-    zero_init_last_bn: bool = False
     stride_on_1x1: bool = False
 
     expansion = 4
@@ -463,9 +459,7 @@ class BottleneckBlock(_ResidualBase):
         y = block(self.features, (1, 1), s1, act=self.act, name="conv1")(x)
         y = block(self.features, (3, 3), s3, act=self.act, name="conv2")(y)
         y = block(out, (1, 1), 1, act=None, zero_init_norm=self.zero_init_last_bn, name="conv3")(y)
-        if self.residual:
-            y = y + self._shortcut(x, out, self.strides).astype(y.dtype)
-        return self.act(y)
+        return self._add_shortcut(x, y, out)
 
 
 __all__ = [
