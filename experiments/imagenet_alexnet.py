@@ -16,17 +16,10 @@ the model). Augmentation: the random-resized crop 224 + flip stands in for the p
 Args: runlocal, data=imagenet2012|imagenette|synthetic, epochs=90.
 """
 
-from cnn_jax.sweep import parse_arg
 from experiments import imagenet_common
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, runlocal=False, data="", epochs=90)
-    data = a.data or ("synthetic" if a.runlocal else "imagenet2012")
-    c = imagenet_common.base_config("alexnet", data, batch_size=128, lr=0.01,
-                                    weight_decay=5e-4, epochs=a.epochs)
-    c.optim.schedule = "multistep"
-    c.optim.milestones = tuple(round(a.epochs * f) for f in (1 / 3, 2 / 3, 8 / 9))
-    if a.runlocal:
-        imagenet_common.shrink_for_runlocal(c, image_size=128)
-    return c
+    return imagenet_common.multistep_recipe(
+        arg, "alexnet", epochs=90, batch_size=128, lr=0.01, weight_decay=5e-4,
+        drops=(1 / 3, 2 / 3, 8 / 9), runlocal_image_size=128)

@@ -10,8 +10,11 @@ Synthetic images live in memory, where the engine has no random-resized crop: th
 only (they measure the machinery and throughput, not accuracy).
 """
 
+from collections.abc import Sequence
+
 import ml_collections
 
+from cnn_jax.sweep import parse_arg
 from experiments.default import get_default_config
 
 DATA_CHOICES = ("imagenet2012", "imagenette", "synthetic")
@@ -70,3 +73,24 @@ def shrink_for_runlocal(c: ml_collections.ConfigDict, image_size: int) -> None:
         c.data.image_size = image_size
         c.data.train_split = "train[:64]"
         c.data.eval_split = "validation[:32]"
+
+
+def parse_recipe_arg(arg: str | None, epochs: int,
+                     **extra) -> tuple[ml_collections.ConfigDict, str]:
+    """A recipe's args (runlocal, data=, epochs=, and `extra`) and the data set they choose."""
+    a = parse_arg(arg, runlocal=False, data="", epochs=epochs, **extra)
+    return a, a.data or ("synthetic" if a.runlocal else "imagenet2012")
+
+
+def multistep_recipe(arg: str | None, model: str, *, epochs: int, batch_size: int, lr: float,
+                     weight_decay: float, drops: Sequence[float],
+                     runlocal_image_size: int = 64) -> ml_collections.ConfigDict:
+    """A recipe file's config: base_config with lr / 10 at the fractions `drops` of the epochs."""
+    a, data = parse_recipe_arg(arg, epochs)
+    c = base_config(model, data, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                    epochs=a.epochs)
+    c.optim.schedule = "multistep"
+    c.optim.milestones = tuple(round(a.epochs * f) for f in drops)
+    if a.runlocal:
+        shrink_for_runlocal(c, image_size=runlocal_image_size)
+    return c

@@ -18,15 +18,13 @@ practical run). Args: runlocal, data=imagenet2012|imagenette|synthetic, epochs=2
 schedule=paper|cosine.
 """
 
-from cnn_jax.sweep import parse_arg
 from experiments import imagenet_common
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, runlocal=False, data="", epochs=250, schedule="paper")
+    a, data = imagenet_common.parse_recipe_arg(arg, epochs=250, schedule="paper")
     if a.schedule not in ("paper", "cosine"):
         raise ValueError(f"schedule={a.schedule!r}: valid values are paper, cosine")
-    data = a.data or ("synthetic" if a.runlocal else "imagenet2012")
     c = imagenet_common.base_config("googlenet", data, batch_size=256, lr=0.1,
                                     weight_decay=1e-4, epochs=a.epochs)
     if a.schedule == "paper":

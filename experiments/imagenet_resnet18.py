@@ -16,17 +16,10 @@ plateaus" (He et al.), here fixed at epochs 30, 60 and 80 of 90 as in Goyal et a
 Args: runlocal, data=imagenet2012|imagenette|synthetic, epochs=90.
 """
 
-from cnn_jax.sweep import parse_arg
 from experiments import imagenet_common
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, runlocal=False, data="", epochs=90)
-    data = a.data or ("synthetic" if a.runlocal else "imagenet2012")
-    c = imagenet_common.base_config("resnet18", data, batch_size=256, lr=0.1,
-                                    weight_decay=1e-4, epochs=a.epochs)
-    c.optim.schedule = "multistep"
-    c.optim.milestones = tuple(round(a.epochs * f) for f in (1 / 3, 2 / 3, 8 / 9))
-    if a.runlocal:
-        imagenet_common.shrink_for_runlocal(c, image_size=64)
-    return c
+    return imagenet_common.multistep_recipe(
+        arg, "resnet18", epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4,
+        drops=(1 / 3, 2 / 3, 8 / 9))

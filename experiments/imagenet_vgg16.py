@@ -15,17 +15,10 @@ stopped improving, three times in 74 epochs; here the drops are fixed at epochs 
 and colour shift. Args: runlocal, data=imagenet2012|imagenette|synthetic, epochs=74.
 """
 
-from cnn_jax.sweep import parse_arg
 from experiments import imagenet_common
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, runlocal=False, data="", epochs=74)
-    data = a.data or ("synthetic" if a.runlocal else "imagenet2012")
-    c = imagenet_common.base_config("vgg16", data, batch_size=256, lr=0.01,
-                                    weight_decay=5e-4, epochs=a.epochs)
-    c.optim.schedule = "multistep"
-    c.optim.milestones = tuple(round(a.epochs * f) for f in (30 / 74, 50 / 74, 65 / 74))
-    if a.runlocal:
-        imagenet_common.shrink_for_runlocal(c, image_size=64)
-    return c
+    return imagenet_common.multistep_recipe(
+        arg, "vgg16", epochs=74, batch_size=256, lr=0.01, weight_decay=5e-4,
+        drops=(30 / 74, 50 / 74, 65 / 74))
