@@ -22,25 +22,13 @@ from cnn_jax.train import loop
 REPO = Path(__file__).resolve().parents[1]
 
 EXPERIMENT = '''
-from experiments.default import get_default_config
+from tests.faults.tiny_config import tiny_mlp_config
 
 
 def get_config():
-    c = get_default_config()
-    c.model.name = "mlp"
-    c.model.hidden_sizes = (16,)
-    c.model.norm = "batch"
-    c.model.dropout = 0.1
-    c.data.name = "synthetic"
-    c.data.synthetic_shape = (6, 6, 3)
-    c.data.synthetic_num_classes = 5
-    c.data.synthetic_num_examples = 96   # test split: 24 examples, 12 per process
-    c.batch_size = 16
-    c.eval_batch_size = 10               # 24 = 10 + 10 + 4 padded: every example counts once
-    c.total_steps = 8
-    c.log_every_steps = 2
-    c.eval_every_steps = 4
-    c.checkpoint_every_steps = 4
+    c = tiny_mlp_config(total_steps=8, log_every_steps=2, eval_every_steps=4,
+                        checkpoint_every_steps=4)
+    c.eval_batch_size = 10   # the 24 test examples = 10 + 10 + 4 padded: every one counts once
     return c
 '''
 

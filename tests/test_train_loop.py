@@ -18,37 +18,16 @@ from cnn_jax.train import loop
 from cnn_jax.train.metrics import read_jsonl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: experiments/
-from experiments.default import get_default_config  # noqa: E402
+from tests.faults.tiny_config import tiny_mlp_config  # noqa: E402
 
 STEPS = 12  # 6 steps per epoch: 96 training examples, batch 16
 
 
 def tiny_config(**fields):
-    c = get_default_config()
-    c.model.name = "mlp"
-    c.model.hidden_sizes = (16,)
-    c.model.norm = "batch"
-    c.model.dropout = 0.1
-    c.data.name = "synthetic"
-    c.data.synthetic_shape = (6, 6, 3)
-    c.data.synthetic_num_classes = 5
-    c.data.synthetic_num_examples = 96      # test split: 96 // 4 = 24 examples
-    c.batch_size = 16
-    c.total_steps = STEPS
-    c.log_every_steps = 3
-    c.eval_every_steps = 6
-    c.checkpoint_every_steps = 6
-    c.ema_decay = 0.9
-    c.optim.lr = 0.05
-    c.async_checkpoints = True
-    c.compilation_cache = False
-    for key, value in fields.items():
-        node = c
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return c
+    return tiny_mlp_config(**{
+        "total_steps": STEPS, "log_every_steps": 3, "eval_every_steps": 6,
+        "checkpoint_every_steps": 6, "ema_decay": 0.9, "optim.lr": 0.05,
+        "async_checkpoints": True, "compilation_cache": False, **fields})
 
 
 def params_of(workdir):

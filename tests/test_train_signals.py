@@ -22,24 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 TOTAL = 40
 
 EXPERIMENT = f'''
-from experiments.default import get_default_config
+from tests.faults.tiny_config import tiny_mlp_config
 
 
 def get_config():
-    c = get_default_config()
-    c.model.name = "mlp"
-    c.model.hidden_sizes = (16,)
-    c.model.norm = "batch"
-    c.model.dropout = 0.1
-    c.data.name = "synthetic"
-    c.data.synthetic_shape = (6, 6, 3)
-    c.data.synthetic_num_classes = 5
-    c.data.synthetic_num_examples = 96
-    c.batch_size = 16
-    c.total_steps = {TOTAL}
-    c.ema_decay = 0.9
-    c.log_every_steps = 1
-    c.eval_every_steps = 20
+    c = tiny_mlp_config(total_steps={TOTAL}, ema_decay=0.9, log_every_steps=1, eval_every_steps=20)
     c.checkpoint_every_steps = 1   # a save every step: slow enough to be killed mid-run
     return c
 '''

@@ -11,16 +11,20 @@ The sweep: points `crash` (crash=True) then `alpha` (the default run); `:points=
 only the named points.
 """
 
+from typing import Any
+
+import ml_collections
+
 from cnn_jax.sweep import parse_arg
 from experiments.default import get_default_config
 
 
-def _args(arg):
-    return parse_arg(arg, crash=False, points=("crash", "alpha"))
+def tiny_mlp_config(**fields: Any) -> ml_collections.ConfigDict:
+    """The tiny run the end-to-end tests share, with dotted-field overrides ("optim.lr": 0.1).
 
-
-def get_config(arg=None):
-    a = _args(arg)
+    An MLP(16) with BN and dropout on 96 synthetic 6x6x3 images of 5 classes (a 24-example test
+    split), batch 16: 6 steps per epoch. Run length, logging and checkpoints are the caller's.
+    """
     c = get_default_config()
     c.model.name = "mlp"
     c.model.hidden_sizes = (16,)
@@ -31,6 +35,22 @@ def get_config(arg=None):
     c.data.synthetic_num_classes = 5
     c.data.synthetic_num_examples = 96
     c.batch_size = 16
+    for key, value in fields.items():
+        node = c
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return c
+
+
+def _args(arg):
+    return parse_arg(arg, crash=False, points=("crash", "alpha"))
+
+
+def get_config(arg=None):
+    a = _args(arg)
+    c = tiny_mlp_config()
     c.total_steps = 24
     c.log_every_steps = 1
     c.eval_every_steps = 12
