@@ -2,34 +2,22 @@
 extracted from ../shared/datasets/cifar10-jpeg-train.tar.gz into a temporary directory.
 """
 
-import hashlib
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
-import ml_collections
 import numpy as np
 import pytest
 
 from cnn_jax import data
 from cnn_jax.data import sources
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests/
+from tests.data_helpers import data_config, image_hashes  # noqa: E402
+
 CIFAR_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10-jpeg-train.tar.gz"
-
-
-def _cfg(cache_dir, **overrides) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict(dict(
-        name="fashion_mnist", path="", train_split="train", eval_split="test", val_split="",
-        normalize="train_stats", image_size=-1, crop_padding=0, flip=False,
-        random_resized_crop=False, mixup_alpha=0.0, cutmix_alpha=0.0, max_bad_fraction=0.01,
-        cache_dir=str(cache_dir), download=False))
-    c.update(overrides)
-    return c
-
-
-def _hashes(images: np.ndarray) -> list[str]:
-    return sorted(hashlib.sha1(x.tobytes()).hexdigest() for x in images)
 
 
 # -------------------------------------------------------------------------------- CIFAR-10
@@ -48,15 +36,15 @@ def cifar_root(tmp_path_factory):
 
 
 def test_cifar10_from_the_jpeg_tree(cifar_root, tmp_path):
-    cfg = _cfg(tmp_path, name="cifar10", path=str(cifar_root), eval_split="",
-               val_split="train[90%:]", train_split="train[:90%]")
+    cfg = data_config(tmp_path, name="cifar10", path=str(cifar_root), eval_split="",
+                      val_split="train[90%:]", train_split="train[:90%]")
     info = data.get_info(cfg)
     assert info.num_examples == {"train[:90%]": 45_000, "train[90%:]": 5_000}
     assert info.class_names == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
                                 "horse", "ship", "truck"]
     assert info.image_shape == (32, 32, 3)
 
-    full = _cfg(tmp_path, name="cifar10", path=str(cifar_root), eval_split="")
+    full = data_config(tmp_path, name="cifar10", path=str(cifar_root), eval_split="")
     info_full = data.get_info(full)
     assert info_full.num_examples == {"train": 50_000}
     np.testing.assert_allclose(info_full.mean, (0.491, 0.482, 0.447), atol=0.003)
@@ -67,7 +55,7 @@ def test_cifar10_from_the_jpeg_tree(cifar_root, tmp_path):
     first, rest = source.load("train[:90%]"), source.load("train[90%:]")
     assert len(first.labels) + len(rest.labels) == 50_000
     assert np.bincount(rest.labels).tolist() == [500] * 10
-    assert _hashes(np.concatenate([first.images, rest.images])) == _hashes(whole.images)
+    assert image_hashes(np.concatenate([first.images, rest.images])) == image_hashes(whole.images)
 
     # 45,000 // 256 = 175 steps per epoch: resuming at step 175 starts epoch 1 exactly.
     resumed = next(data.create_train_iterator(cfg, global_batch_size=256, seed=0, start_step=175))

@@ -2,7 +2,6 @@
 files (CI installs dataset-fashion-mnist), and exact evaluation on one and on eight devices.
 """
 
-import hashlib
 import json
 import os
 import subprocess
@@ -10,7 +9,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -19,31 +17,19 @@ from cnn_jax.data import sources
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # for tests/
+from tests.data_helpers import data_config, image_hashes  # noqa: E402
 
 needs_fmnist = pytest.mark.skipif(
     not (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
     reason=f"Fashion-MNIST IDX files absent from {FMNIST_DIR} (apt-get install dataset-fashion-mnist)")
 
 
-def _cfg(cache_dir, **overrides) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict(dict(
-        name="fashion_mnist", path="", train_split="train", eval_split="test", val_split="",
-        normalize="train_stats", image_size=-1, crop_padding=0, flip=False,
-        random_resized_crop=False, mixup_alpha=0.0, cutmix_alpha=0.0, max_bad_fraction=0.01,
-        cache_dir=str(cache_dir), download=False))
-    c.update(overrides)
-    return c
-
-
-def _hashes(images: np.ndarray) -> list[str]:
-    return sorted(hashlib.sha1(x.tobytes()).hexdigest() for x in images)
-
-
 # --------------------------------------------------------------------------- Fashion-MNIST
 
 @needs_fmnist
 def test_fashion_mnist_from_debian_files(tmp_path):
-    cfg = _cfg(tmp_path)
+    cfg = data_config(tmp_path)
     info = data.get_info(cfg)
     assert info.origin == f"IDX files in {FMNIST_DIR}"
     assert info.num_examples == {"train": 60_000, "test": 10_000}
@@ -59,7 +45,7 @@ def test_fashion_mnist_eval_counts_each_example_once_one_device(tmp_path):
     import jax
     import jax.numpy as jnp
 
-    cfg = _cfg(tmp_path, normalize="none")
+    cfg = data_config(tmp_path, normalize="none")
     test = sources.resolve_source(cfg).load("test")
     count = jax.jit(lambda m, y: (m.sum(), (m[:, None] * jax.nn.one_hot(y, 10)).sum(0)))
     total, per_class, seen = 0.0, np.zeros(10), []
@@ -72,7 +58,7 @@ def test_fashion_mnist_eval_counts_each_example_once_one_device(tmp_path):
         seen.append(np.round(b["image"][b["mask"] > 0] * 255).astype(np.uint8))
     assert total == 10_000
     assert per_class.tolist() == np.bincount(test.labels, minlength=10).tolist()
-    assert _hashes(np.concatenate(seen)) == _hashes(test.images)
+    assert image_hashes(np.concatenate(seen)) == image_hashes(test.images)
 
 
 _EIGHT_DEVICES = textwrap.dedent("""
@@ -108,7 +94,7 @@ _EIGHT_DEVICES = textwrap.dedent("""
 
 @needs_fmnist
 def test_fashion_mnist_eval_counts_each_example_once_eight_devices(tmp_path):
-    cfg = _cfg(tmp_path, normalize="none")
+    cfg = data_config(tmp_path, normalize="none")
     test = sources.resolve_source(cfg).load("test")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
                TF_CPP_MIN_LOG_LEVEL="3")
