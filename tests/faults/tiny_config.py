@@ -35,12 +35,7 @@ def tiny_mlp_config(**fields: Any) -> ml_collections.ConfigDict:
     c.data.synthetic_num_classes = 5
     c.data.synthetic_num_examples = 96
     c.batch_size = 16
-    for key, value in fields.items():
-        node = c
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[last] = value
+    c.update_from_flattened_dict(fields)
     return c
 
 
