@@ -15,7 +15,7 @@ from cnn_jax import data
 from cnn_jax.data import sources
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests/
-from tests.data_helpers import data_config, image_hashes  # noqa: E402
+from tests.helpers import data_config, image_hashes  # noqa: E402
 
 CIFAR_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10-jpeg-train.tar.gz"
 

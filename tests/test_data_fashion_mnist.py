@@ -18,7 +18,7 @@ from cnn_jax.data import sources
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for tests/
-from tests.data_helpers import data_config, image_hashes  # noqa: E402
+from tests.helpers import data_config, image_hashes  # noqa: E402
 
 needs_fmnist = pytest.mark.skipif(
     not (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),

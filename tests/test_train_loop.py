@@ -19,6 +19,7 @@ from cnn_jax.train.metrics import read_jsonl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: experiments/
 from tests.faults.tiny_config import tiny_mlp_config  # noqa: E402
+from tests.helpers import assert_bitwise_equal, checkpoint_params  # noqa: E402
 
 STEPS = 12  # 6 steps per epoch: 96 training examples, batch 16
 
@@ -28,17 +29,6 @@ def tiny_config(**fields):
         "total_steps": STEPS, "log_every_steps": 3, "eval_every_steps": 6,
         "checkpoint_every_steps": 6, "ema_decay": 0.9, "optim.lr": 0.05,
         "async_checkpoints": True, "compilation_cache": False, **fields})
-
-
-def params_of(workdir):
-    variables, _, step = ckpt.load_latest(str(workdir), use_ema=False)
-    return jax.tree.leaves(variables), step
-
-
-def assert_bitwise_equal(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +64,7 @@ def test_outputs_of_a_run(reference):
     assert saved["final"]["test"]["num_examples"] == 24
     assert saved["final"]["test"]["top1"] == pytest.approx(test[-1]["top1"])
     assert saved["final"]["train"]["loss"] == pytest.approx(train[-1]["loss"])
-    assert saved["params"] == sum(np.size(x) for x in params_of(workdir)[0]) - 2 * 16
+    assert saved["params"] == sum(np.size(x) for x in checkpoint_params(workdir)[0]) - 2 * 16
     assert saved["config"]["batch_size"] == 16 and saved["wall_time_s"] > 0
     assert results["final"] == saved["final"]
 
@@ -83,15 +73,15 @@ def test_same_seed_same_bits_and_crash_resume_is_exact(reference, tmp_path):
     ref_dir, _ = reference
     run = tmp_path / "run"
     loop.train_and_evaluate(tiny_config(), str(run))
-    assert_bitwise_equal(params_of(run)[0], params_of(ref_dir)[0])
+    assert_bitwise_equal(checkpoint_params(run)[0], checkpoint_params(ref_dir)[0])
 
     # A crash after step 9 was logged but before checkpoint 12 was written.
     shutil.rmtree(run / "checkpoints" / "12")
     (run / "results.json").unlink()
     loop.train_and_evaluate(tiny_config(), str(run))
-    leaves, step = params_of(run)
+    leaves, step = checkpoint_params(run)
     assert step == STEPS
-    assert_bitwise_equal(leaves, params_of(ref_dir)[0])
+    assert_bitwise_equal(leaves, checkpoint_params(ref_dir)[0])
     steps = [(r["split"], r["step"]) for r in read_jsonl(str(run / "metrics.jsonl"))]
     assert steps == [(r["split"], r["step"]) for r in read_jsonl(str(ref_dir / "metrics.jsonl"))]
 
@@ -177,7 +167,7 @@ def test_damaged_newest_checkpoint_falls_back_with_warning(reference, tmp_path, 
     assert "Resuming from checkpoint step 6" in out
     assert (run / "checkpoints_corrupt" / "12").is_dir()
     assert results["step"] == STEPS
-    assert_bitwise_equal(params_of(run)[0], params_of(reference[0])[0])
+    assert_bitwise_equal(checkpoint_params(run)[0], checkpoint_params(reference[0])[0])
 
 
 def test_no_readable_checkpoint_never_starts_from_scratch(reference, tmp_path):
@@ -233,7 +223,7 @@ def test_several_steps_per_dispatch_train_like_single_steps(reference, tmp_path,
     if parallel == "pmap":  # per-device dropout masks differ from jit's: its own baseline
         base = tmp_path / "base"
         loop.train_and_evaluate(tiny_config(parallel=parallel), str(base))
-    for a, b in zip(params_of(run)[0], params_of(base)[0]):
+    for a, b in zip(checkpoint_params(run)[0], checkpoint_params(base)[0]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     steps = [(r["split"], r["step"]) for r in read_jsonl(str(run / "metrics.jsonl"))]
     assert steps == [(r["split"], r["step"]) for r in read_jsonl(str(reference[0] /
@@ -250,7 +240,7 @@ def test_on_device_data_trains_and_resumes_exactly(tmp_path):
     shutil.rmtree(run / "checkpoints" / "12")
     (run / "results.json").unlink()
     loop.train_and_evaluate(config, str(run))
-    assert_bitwise_equal(params_of(run)[0], params_of(full)[0])
+    assert_bitwise_equal(checkpoint_params(run)[0], checkpoint_params(full)[0])
 
 
 def test_bfloat16_compute_keeps_float32_params_and_optimizer_state(tmp_path):

@@ -10,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
 import pytest
 
 from cnn_jax.train import checkpoint as ckpt
@@ -19,6 +17,9 @@ from cnn_jax.train import loop
 from cnn_jax.train.metrics import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # for tests/
+from tests.helpers import assert_bitwise_equal, checkpoint_params  # noqa: E402
+
 TOTAL = 40
 
 EXPERIMENT = f'''
@@ -77,17 +78,6 @@ def wait_for_checkpoint(proc, workdir, at_least, timeout=300):
     raise AssertionError("no checkpoint appeared in time")
 
 
-def params(workdir):
-    variables, _, step = ckpt.load_latest(str(workdir), use_ema=False)
-    return jax.tree.leaves(variables), step
-
-
-def assert_same_bits(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 def test_sigkill_then_rerun_is_bitwise_equal_to_uninterrupted(experiment, env, reference,
                                                                 tmp_path):
     workdir = tmp_path / "run"
@@ -104,9 +94,9 @@ def test_sigkill_then_rerun_is_bitwise_equal_to_uninterrupted(experiment, env, r
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     assert "Resuming from checkpoint step" in out
-    leaves, step = params(workdir)
+    leaves, step = checkpoint_params(workdir)
     assert step == TOTAL
-    assert_same_bits(leaves, params(reference)[0])
+    assert_bitwise_equal(leaves, checkpoint_params(reference)[0])
     train_steps = [r["step"] for r in read_jsonl(str(workdir / "metrics.jsonl"))
                    if r["split"] == "train"]
     assert train_steps == list(range(1, TOTAL + 1))  # nothing duplicated, nothing missing

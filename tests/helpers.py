@@ -1,4 +1,4 @@
-"""Helpers the data acceptance tests share (test_data_cifar10.py, test_data_fashion_mnist.py)."""
+"""Helpers several test files share: a data config, image hashes, checkpoint comparisons."""
 
 import hashlib
 from typing import Any
@@ -21,3 +21,19 @@ def data_config(cache_dir: Any, **overrides: Any) -> ml_collections.ConfigDict:
 def image_hashes(images: np.ndarray) -> list[str]:
     """Sorted SHA-1 of every image: equal lists mean the same images, in any order."""
     return sorted(hashlib.sha1(x.tobytes()).hexdigest() for x in images)
+
+
+def checkpoint_params(workdir: Any) -> tuple[list, int]:
+    """Leaves of the newest checkpoint's variables (not the EMA's) in `workdir`, and its step."""
+    import jax
+
+    from cnn_jax.train import checkpoint as ckpt
+    variables, _, step = ckpt.load_latest(str(workdir), use_ema=False)
+    return jax.tree.leaves(variables), step
+
+
+def assert_bitwise_equal(a: list, b: list) -> None:
+    """Two lists of arrays are equal bit for bit."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
