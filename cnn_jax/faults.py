@@ -1037,12 +1037,7 @@ def tiny_config(arg: str | None = None, **fields: Any):
     spec.loader.exec_module(module)
     config = module.get_config(arg)
     config.compilation_cache = False  # no global JAX setting changed in this process
-    for key, value in fields.items():
-        node = config
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = value
+    config.update_from_flattened_dict(fields)
     return config
 
 

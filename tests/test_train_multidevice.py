@@ -36,12 +36,7 @@ def config(parallel, **kw):
     c.optim.schedule = "constant"
     c.optim.weight_decay = 1e-4
     c.compilation_cache = True   # a fresh cache: the loops below reuse the programs above
-    for k, v in kw.items():
-        node = c
-        *ps, last = k.split(".")
-        for p in ps:
-            node = node[p]
-        node[last] = v
+    c.update_from_flattened_dict(kw)
     return c
 
 def batches(c, n):
