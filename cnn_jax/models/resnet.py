@@ -18,19 +18,24 @@ from cnn_jax.models.common import ModelBase
 BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
 
 
-class ResNet(ModelBase):
+class _ResidualNetBase(ModelBase):
+    """Fields both ResNet families share: shortcuts on/off (plain twins), last-BN init, activation."""
+
+    residual: bool = True
+    zero_init_last_bn: bool = False
+    activation: str = "relu"
+    norm: str = "batch"
+
+
+class ResNet(_ResidualNetBase):
     """ImageNet-style ResNet: stem, four stages of residual blocks, global average pool, fc."""
 
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     block: str = "basic"
     width: int = 64
     shortcut: str = "B"
-    residual: bool = True
     stride_on_1x1: bool = False
     small_stem: bool = False
-    zero_init_last_bn: bool = False
-    activation: str = "relu"
-    norm: str = "batch"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -58,17 +63,13 @@ class ResNet(ModelBase):
         return x.astype(jnp.float32)
 
 
-class CifarResNet(ModelBase):
+class CifarResNet(_ResidualNetBase):
     """CIFAR ResNet of He et al. 2016 sec. 4.2: 3x3 conv, 3 stages of n basic blocks, pool, fc."""
 
     num_classes: int = 10
     depth: int = 20
     widths: Sequence[int] = (16, 32, 64)
     shortcut: str = "A"
-    residual: bool = True
-    zero_init_last_bn: bool = False
-    activation: str = "relu"
-    norm: str = "batch"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
