@@ -8,9 +8,9 @@ For each seed it builds the engine's state and its on-device training step (the 
 `launch.py` runs: `cnn_jax.train.loop.Setup` and `_OnDeviceTrainer`), compiles the step ahead of
 time (reported as `compile_s`), then times the training alone: from the first step's dispatch to
 the last step's result on the host (`train_s`, the recipe's own timer). The seed travels as data,
-so seeds after the first reuse the compiled step. Evaluation runs on the device over every
-example of the evaluation split (`data.eval_split`, else `data.val_split`), with and without
-test-time horizontal-flip averaging (logits of the image and its mirror image, averaged).
+so seeds after the first reuse the compiled step. Evaluation is the engine's eval step over
+every example of the evaluation split (`data.eval_split`, else `data.val_split`), held on the
+device, with and without test-time horizontal-flip averaging (`eval_flip_tta`).
 
 No checkpoints or metric files are written: this is a timer, not a training run; use launch.py
 for those. Needs JAX, Flax, optax, ml_collections and absl (TensorFlow optional: image trees are
@@ -19,6 +19,8 @@ decoded with PIL when it is missing).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import statistics
@@ -36,7 +38,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from cnn_jax.data import pipeline  # noqa: E402
-from cnn_jax.train import loop  # noqa: E402
+from cnn_jax.train import loop, steps  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Recipe config, e.g. experiments/cifar10_speedrun.py:dev")
@@ -56,28 +58,23 @@ def _eval_arrays(config) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.nd
     return split, arrays.images, arrays.labels, np.asarray(plan.scale), np.asarray(plan.bias)
 
 
-def _make_eval(apply_fn, scale, bias):
-    @jax.jit
-    def logits_fn(variables, images):
-        x = images.astype(jnp.float32) * scale + bias
-        plain = apply_fn(variables, x, train=False).astype(jnp.float32)
-        mirrored = apply_fn(variables, x[:, :, ::-1], train=False).astype(jnp.float32)
-        return plain, (plain + mirrored) / 2
-    return logits_fn
-
-
-def _accuracy(logits_fn, variables, images, labels, batch: int) -> tuple[float, float]:
+def _eval_batches(images, labels, scale, bias, batch: int) -> list[dict]:
+    """The split as padded, masked, normalised batches on the device (built once, reused)."""
     n = len(labels)
     pad = (-n) % batch
-    images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-    hits = np.zeros(2)
-    for i in range(0, len(images), batch):
-        plain, tta = logits_fn(variables, jnp.asarray(images[i:i + batch]))
-        real = slice(0, min(batch, n - i))
-        y = labels[i:i + batch][real]
-        hits += [np.sum(np.argmax(np.asarray(plain)[real], -1) == y),
-                 np.sum(np.argmax(np.asarray(tta)[real], -1) == y)]
-    return float(hits[0] / n), float(hits[1] / n)
+    x = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+    y = np.concatenate([labels, np.zeros(pad, labels.dtype)]).astype(np.int32)
+    mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+    x = jnp.asarray(x).astype(jnp.float32) * jnp.asarray(scale, jnp.float32) + jnp.asarray(
+        bias, jnp.float32)
+    return [{"image": x[i:i + batch], "label": jnp.asarray(y[i:i + batch]),
+             "mask": jnp.asarray(mask[i:i + batch])} for i in range(0, len(y), batch)]
+
+
+def _top1(eval_fn, state, batches) -> float:
+    """Top-1 accuracy through the engine's eval step (mask-weighted sums)."""
+    sums = [eval_fn(state, b) for b in batches]
+    return float(sum(s["top1"] for s in sums) / sum(s["count"] for s in sums))
 
 
 def main(argv):
@@ -95,9 +92,10 @@ def main(argv):
         print(f"warning: engine JAX settings not applied: {e}", flush=True)
     t0 = time.time()
     split, images, labels, scale, bias = _eval_arrays(config)
+    batches = _eval_batches(images, labels, scale, bias, FLAGS.eval_batch)
     load_s = time.time() - t0
     runs = []
-    compiled = logits_fn = None
+    compiled = eval_plain = eval_flips = None
     base_seed = int(config.seed)
     for r in range(FLAGS.seeds):
         config.seed = base_seed + r
@@ -113,17 +111,17 @@ def main(argv):
         t = time.time()
         if compiled is None:  # the seed is data: one compilation serves every run
             compiled = trainer._many.lower(state, trainer.arrays, per).compile()
-            logits_fn = _make_eval(setup.model.apply, scale, bias)
+            eval_plain, eval_flips = (
+                jax.jit(functools.partial(steps.eval_step, cfg=dataclasses.replace(
+                    setup.step_cfg, eval_flip_tta=flip))) for flip in (False, True))
         compile_s = time.time() - t
         t = time.time()
         for _ in range(total // per):
             state, metrics = compiled(state, trainer.arrays)
         last_loss = float(np.asarray(metrics["loss"])[-1])  # waits for the last step
         train_s = time.time() - t
-        params = state.ema_params if state.ema_params is not None else state.params
-        variables = {"params": params, "batch_stats": state.batch_stats}
         t = time.time()
-        top1, top1_tta = _accuracy(logits_fn, variables, images, labels, FLAGS.eval_batch)
+        top1, top1_tta = _top1(eval_plain, state, batches), _top1(eval_flips, state, batches)
         eval_s = time.time() - t
         run = dict(seed=config.seed, steps=total, train_s=train_s, compile_s=compile_s,
                    setup_s=setup_s, eval_s=eval_s, last_loss=last_loss, top1=top1,
