@@ -21,6 +21,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -111,8 +112,6 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
              padding: Sequence[tuple[int, int]]) -> jax.Array:
     """Max pooling over NHWC; reshape + max for non-overlapping, unpadded, dividing windows."""
-    import flax.linen as nn
-
     b, h, w, c = x.shape
     if (tuple(window) == tuple(strides) and all(p == (0, 0) for p in map(tuple, padding))
             and h % window[0] == 0 and w % window[1] == 0):
