@@ -9,15 +9,22 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 WORKDIR ?= runs/lenet5_fashion_mnist
 PYTEST_ARGS ?=
 
-.PHONY: venv test train fashion_mnist faults bench clean
+.PHONY: venv lock test train fashion_mnist faults bench clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Installs exactly requirements.lock, then the package itself (no dependency resolution, no build
+# isolation: setuptools comes from the lock too), so every machine gets the same environment.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,plot]'
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
+
+# Re-resolves pyproject.toml's ranges into requirements.lock on purpose (needs PyPI).
+lock:
+	PYTHON=$(PYTHON) bash tools/lock.sh
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
