@@ -12,7 +12,8 @@ batch 128, SGD momentum 0.9, cosine decay, weight decay 5e-4, 4-pixel pad-crop a
 peak learning rate differs (0.1 CNN, 0.01 MLP, each net's usual stable value).
 
 Args: runlocal, data=cifar10|synthetic, epochs=30, nets=mlp+cnn (the sweep axis), net (set per
-point), cnn=resnet20 (the registry name of the CNN; e.g. lenet5 for the lecture's smallest one). Data: $CNN_JAX_CIFAR10 or ~/data/cifar10-jpeg (see experiments/cifar10_common.py).
+point), seeds=0 (the second sweep axis, e.g. seeds=0+1; points are named net_seedS when there are
+several), seed (set per point: config.seed), cnn=resnet20 (the registry name of the CNN; e.g. lenet5 for the lecture's smallest one). Data: $CNN_JAX_CIFAR10 or ~/data/cifar10-jpeg (see experiments/cifar10_common.py).
 """
 
 from cnn_jax.sweep import parse_arg, product
@@ -24,7 +25,7 @@ NETS = ("mlp", "cnn")
 
 def _args(arg):
     return parse_arg(arg, runlocal=False, data="cifar10", epochs=30, nets=NETS, net="cnn",
-                     cnn="resnet20")
+                     seeds=(0,), seed=0, cnn="resnet20")
 
 
 def get_config(arg=None):
@@ -32,6 +33,7 @@ def get_config(arg=None):
     if a.net not in NETS:
         raise ValueError(f"net={a.net!r}: valid values are {', '.join(NETS)}")
     c = cifar10_common.he2016_recipe(a.epochs)
+    c.seed = a.seed
     c.optim.schedule = "cosine"
     c.optim.milestones = ()
     c.optim.weight_decay = 5e-4
@@ -51,4 +53,7 @@ def get_sweep(arg=None):
     for net in a.nets:
         if net not in NETS:
             raise ValueError(f"nets={'+'.join(a.nets)}: {net!r} is not one of {', '.join(NETS)}")
-    return [(net, {"net": net}) for net in a.nets]
+    seeds = tuple(a.seeds)
+    if len(seeds) == 1:
+        return [(net, {"net": net, "seed": seeds[0]}) for net in a.nets]
+    return [(f"{net}_seed{s}", {"net": net, "seed": s}) for net in a.nets for s in seeds]
