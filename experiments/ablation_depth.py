@@ -10,36 +10,38 @@
 Should reach (He et al. 2016, arXiv:1512.03385, Table 6 and Fig. 6, original PNG data): test
 error 8.75 / 7.51 / 7.17 / 6.97% for ResNet-20/32/44/56, while the plain nets get WORSE with depth
 in both training and test error (Fig. 6 left: plain-56 above plain-20). On this JPEG re-encoding
-expect a few points more error (see /work/shared/datasets/README.md). Recipe: He et al. Sec. 4.2
-(experiments/cifar10_common.py), shortcut option A, 182 epochs; `epochs=N` shrinks it.
+expect a few points more error (see ../shared/datasets/README.md). Recipe: He et al. Sec. 4.2
+(experiments/common.py), shortcut option A, 182 epochs; `epochs=N` shrinks it.
 
 Args (comma-separated after the file name): runlocal, data=cifar10|synthetic, epochs=182,
-depths=20+32+44+56 (the sweep's depth axis), depth and residual (set per point by the sweep).
-Data: $CNN_JAX_CIFAR10 or ~/data/cifar10-jpeg (see experiments/cifar10_common.py for how to
+depths=20+32+44+56 (the sweep's depth axis), depth and residual (set per point by the sweep),
+seeds=0 (e.g. seeds=0+1: every point once per seed, named depth20_residual_seed1, and the report
+gives mean and std over them), seed (set per point: config.seed).
+Data: $CNN_JAX_CIFAR10 or ~/data/cifar10-jpeg (see experiments/common.py for how to
 extract it). Sweep points are passed as experiment args, e.g. `...:depth=20,residual=True`.
 """
 
-from cnn_jax.sweep import parse_arg, product
-from experiments import cifar10_common
+from experiments import common
 
-DATA_HINT = cifar10_common.DATA_HINT
+DATA_HINT = common.CIFAR10_DATA_HINT
 
 
 def _args(arg):
-    return parse_arg(arg, runlocal=False, data="cifar10", epochs=182, depths=(20, 32, 44, 56),
-                     depth=20, residual=True)
+    return common.parse_arg(arg, runlocal=False, data="cifar10", epochs=182,
+                            depths=(20, 32, 44, 56), depth=20, residual=True, seeds=(0,), seed=0)
 
 
 def get_config(arg=None):
     a = _args(arg)
-    c = cifar10_common.he2016_recipe(a.epochs)
+    c = common.he2016_recipe(a.epochs)
+    c.seed = a.seed
     c.model.name = f"{'resnet' if a.residual else 'plain'}{a.depth}"
     if a.residual:
         c.model.shortcut = "A"
-    cifar10_common.set_data(c, a.data, a.runlocal)
+    common.set_cifar10_data(c, a.data, a.runlocal)
     return c
 
 
 def get_sweep(arg=None):
     a = _args(arg)
-    return product(depth=a.depths, residual=(False, True))
+    return common.with_seeds(common.product(depth=a.depths, residual=(False, True)), a.seeds)

@@ -12,34 +12,37 @@ normalization the same recipe (lr 0.1) trains much worse or diverges, most of al
 which is the lecture's "BatchNorm makes deep networks trainable". Reference points: ResNet-20 with
 BN reaches 8.75% test error (He et al. 2016, Table 6) on the original data; a diverged point is
 reported as failed with its error line, not hidden. Every point uses the same recipe (He et al. Sec.
-4.2, experiments/cifar10_common.py), depth 20 by default.
+4.2, experiments/common.py), depth 20 by default.
 
 Args: runlocal, data=cifar10|synthetic, epochs=182, depth=20, norms=batch+group+layer+none,
-norm and residual (set per point by the sweep).
+norm and residual (set per point by the sweep), seeds=0 (e.g. seeds=0+1: every point once per
+seed, named norm-batch_residual_seed1, and the report gives mean and std over them), seed (set per
+point: config.seed).
 """
 
-from cnn_jax.sweep import parse_arg, product
-from experiments import cifar10_common
+from experiments import common
 
-DATA_HINT = cifar10_common.DATA_HINT
+DATA_HINT = common.CIFAR10_DATA_HINT
 
 
 def _args(arg):
-    return parse_arg(arg, runlocal=False, data="cifar10", epochs=182, depth=20,
-                     norms=("batch", "group", "layer", "none"), norm="batch", residual=True)
+    return common.parse_arg(arg, runlocal=False, data="cifar10", epochs=182, depth=20,
+                            norms=("batch", "group", "layer", "none"), norm="batch", residual=True,
+                            seeds=(0,), seed=0)
 
 
 def get_config(arg=None):
     a = _args(arg)
-    c = cifar10_common.he2016_recipe(a.epochs)
+    c = common.he2016_recipe(a.epochs)
+    c.seed = a.seed
     c.model.name = f"{'resnet' if a.residual else 'plain'}{a.depth}"
     c.model.norm = a.norm
     if a.residual:
         c.model.shortcut = "A"
-    cifar10_common.set_data(c, a.data, a.runlocal)
+    common.set_cifar10_data(c, a.data, a.runlocal)
     return c
 
 
 def get_sweep(arg=None):
     a = _args(arg)
-    return product(norm=a.norms, residual=(False, True))
+    return common.with_seeds(common.product(norm=a.norms, residual=(False, True)), a.seeds)

@@ -12,7 +12,7 @@ label smoothing 0.2) gave 81.55% mean validation top-1 over 5 seeds (81.99% with
 flips) in 3.12 s; the defaults below (lr 1.6, no label smoothing, the best of 9 variants, 2
 seeds each) gave 85.30% (85.58% with flips) in 3.22 s; 24 epochs gave 86.6% in 6.3 s.
 benchmarks/RESULTS.md has every variant. The default trains on all 50,000 training images and
-evaluates on `test` when the tree (`config.data.path`, see experiments/cifar10_common.py) has
+evaluates on `test` when the tree (`config.data.path`, see experiments/common.py) has
 one; `dev` trains on 45,000 and reports the carved 5,000-image validation split; `runlocal` is
 a CPU smoke test of a few steps (synthetic images when the tree is missing), run in CI.
 
@@ -40,8 +40,7 @@ Timing (compile excluded, several seeds in one process, flips at test time):
 
 import os
 
-from cnn_jax.sweep import parse_arg
-from experiments import cifar10_common
+from experiments import common
 from experiments.default import get_default_config
 
 EPOCHS = 12
@@ -49,8 +48,8 @@ BATCH = 512
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, dev=False, runlocal=False, epochs=EPOCHS, batch=BATCH, bf16=True,
-                  lr=1.6, smoothing=0.0)
+    a = common.parse_arg(arg, dev=False, runlocal=False, epochs=EPOCHS, batch=BATCH, bf16=True,
+                         lr=1.6, smoothing=0.0)
     if a.epochs < 1 or a.batch < 1:
         raise ValueError(f"epochs={a.epochs} and batch={a.batch} must both be >= 1")
     if a.lr <= 0 or not 0 <= a.smoothing < 1:
@@ -77,9 +76,9 @@ def get_config(arg=None):
     c.data.crop_padding = 4
     c.data.flip = True
 
-    root = cifar10_common.cifar10_path()
+    root = common.cifar10_path()
     have_tree = os.path.isdir(os.path.join(root, "train"))
-    cifar10_common.set_data(c, "cifar10" if have_tree or not a.runlocal else "synthetic",
+    common.set_cifar10_data(c, "cifar10" if have_tree or not a.runlocal else "synthetic",
                             runlocal=False)
     if not a.dev and c.data.name == "cifar10":
         c.data.train_split = "train"   # the final run trains on all 50,000 images
@@ -99,7 +98,7 @@ def get_config(arg=None):
     c.async_checkpoints = False
 
     if a.runlocal:
-        cifar10_common.shrink_for_runlocal(c)
+        common.shrink_cifar10_for_runlocal(c)
         c.model.widths = (8, 16, 32)
         c.dtype = "float32"
         c.steps_per_dispatch = 3

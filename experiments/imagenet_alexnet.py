@@ -16,10 +16,10 @@ the model). Augmentation: the random-resized crop 224 + flip stands in for the p
 Args: runlocal, data=imagenet2012|imagenette|synthetic, epochs=90.
 """
 
-from experiments import imagenet_common
+from experiments import common
 
 
 def get_config(arg=None):
-    return imagenet_common.multistep_recipe(
+    return common.imagenet_multistep_recipe(
         arg, "alexnet", epochs=90, batch_size=128, lr=0.01, weight_decay=5e-4,
         drops=(1 / 3, 2 / 3, 8 / 9), runlocal_image_size=128)

@@ -18,14 +18,14 @@ practical run). Args: runlocal, data=imagenet2012|imagenette|synthetic, epochs=2
 schedule=paper|cosine.
 """
 
-from experiments import imagenet_common
+from experiments import common
 
 
 def get_config(arg=None):
-    a, data = imagenet_common.parse_recipe_arg(arg, epochs=250, schedule="paper")
+    a, data = common.parse_imagenet_arg(arg, epochs=250, schedule="paper")
     if a.schedule not in ("paper", "cosine"):
         raise ValueError(f"schedule={a.schedule!r}: valid values are paper, cosine")
-    c = imagenet_common.base_config("googlenet", data, batch_size=256, lr=0.1,
+    c = common.imagenet_config("googlenet", data, batch_size=256, lr=0.1,
                                     weight_decay=1e-4, epochs=a.epochs)
     if a.schedule == "paper":
         c.optim.schedule = "multistep"
@@ -36,6 +36,6 @@ def get_config(arg=None):
     c.ema_decay = 0.9999
     c.aux_loss_weight = 0.3
     if a.runlocal:
-        imagenet_common.shrink_for_runlocal(c, image_size=64)
+        common.shrink_imagenet_for_runlocal(c, image_size=64)
         c.ema_decay = 0.9
     return c

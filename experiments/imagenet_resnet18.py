@@ -12,14 +12,14 @@ the machinery and throughput).
 
 Recipe: batch 256, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 "when the error
 plateaus" (He et al.), here fixed at epochs 30, 60 and 80 of 90 as in Goyal et al. 2017
-(arXiv:1706.02677); random-resized crop 224 + flip (experiments/imagenet_common.py).
+(arXiv:1706.02677); random-resized crop 224 + flip (experiments/common.py).
 Args: runlocal, data=imagenet2012|imagenette|synthetic, epochs=90.
 """
 
-from experiments import imagenet_common
+from experiments import common
 
 
 def get_config(arg=None):
-    return imagenet_common.multistep_recipe(
+    return common.imagenet_multistep_recipe(
         arg, "resnet18", epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4,
         drops=(1 / 3, 2 / 3, 8 / 9))

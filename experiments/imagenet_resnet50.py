@@ -10,14 +10,14 @@ arXiv:1512.03385, Table 3, 10-crop testing); about 23.6% top-1 error with a sing
 
 Recipe: batch 256, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at epochs 30, 60
 and 80 of 90 (Goyal et al. 2017, the fixed form of He et al.'s "divide when the error
-plateaus"); random-resized crop 224 + flip (experiments/imagenet_common.py).
+plateaus"); random-resized crop 224 + flip (experiments/common.py).
 Args: runlocal, data=imagenet2012|imagenette|synthetic, epochs=90.
 """
 
-from experiments import imagenet_common
+from experiments import common
 
 
 def get_config(arg=None):
-    return imagenet_common.multistep_recipe(
+    return common.imagenet_multistep_recipe(
         arg, "resnet50", epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4,
         drops=(1 / 3, 2 / 3, 8 / 9))

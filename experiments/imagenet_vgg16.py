@@ -15,10 +15,10 @@ stopped improving, three times in 74 epochs; here the drops are fixed at epochs 
 and colour shift. Args: runlocal, data=imagenet2012|imagenette|synthetic, epochs=74.
 """
 
-from experiments import imagenet_common
+from experiments import common
 
 
 def get_config(arg=None):
-    return imagenet_common.multistep_recipe(
+    return common.imagenet_multistep_recipe(
         arg, "vgg16", epochs=74, batch_size=256, lr=0.01, weight_decay=5e-4,
         drops=(30 / 74, 50 / 74, 65 / 74))

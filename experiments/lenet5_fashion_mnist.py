@@ -16,7 +16,7 @@ dataset-fashion-mnist, installed by `make train`) or at --config.data.path=DIR.
 Args: runlocal (a CPU smoke test of a few steps), epochs=N.
 """
 
-from cnn_jax.sweep import parse_arg
+from experiments.common import parse_arg
 from experiments.default import get_default_config
 
 

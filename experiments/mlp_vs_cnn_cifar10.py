@@ -13,26 +13,25 @@ peak learning rate differs (0.1 CNN, 0.01 MLP, each net's usual stable value).
 
 Args: runlocal, data=cifar10|synthetic, epochs=30, nets=mlp+cnn (the sweep axis), net (set per
 point), seeds=0 (the second sweep axis, e.g. seeds=0+1; points are named net_seedS when there are
-several), seed (set per point: config.seed), cnn=resnet20 (the registry name of the CNN; e.g. lenet5 for the lecture's smallest one). Data: $CNN_JAX_CIFAR10 or ~/data/cifar10-jpeg (see experiments/cifar10_common.py).
+several), seed (set per point: config.seed), cnn=resnet20 (the registry name of the CNN; e.g. lenet5 for the lecture's smallest one). Data: $CNN_JAX_CIFAR10 or ~/data/cifar10-jpeg (see experiments/common.py).
 """
 
-from cnn_jax.sweep import parse_arg, product
-from experiments import cifar10_common
+from experiments import common
 
-DATA_HINT = cifar10_common.DATA_HINT
+DATA_HINT = common.CIFAR10_DATA_HINT
 NETS = ("mlp", "cnn")
 
 
 def _args(arg):
-    return parse_arg(arg, runlocal=False, data="cifar10", epochs=30, nets=NETS, net="cnn",
-                     seeds=(0,), seed=0, cnn="resnet20")
+    return common.parse_arg(arg, runlocal=False, data="cifar10", epochs=30, nets=NETS, net="cnn",
+                            seeds=(0,), seed=0, cnn="resnet20")
 
 
 def get_config(arg=None):
     a = _args(arg)
     if a.net not in NETS:
         raise ValueError(f"net={a.net!r}: valid values are {', '.join(NETS)}")
-    c = cifar10_common.he2016_recipe(a.epochs)
+    c = common.he2016_recipe(a.epochs)
     c.seed = a.seed
     c.optim.schedule = "cosine"
     c.optim.milestones = ()
@@ -44,7 +43,7 @@ def get_config(arg=None):
     else:
         c.model.name = a.cnn
         c.optim.lr = 0.1
-    cifar10_common.set_data(c, a.data, a.runlocal)
+    common.set_cifar10_data(c, a.data, a.runlocal)
     return c
 
 
@@ -54,6 +53,6 @@ def get_sweep(arg=None):
         if net not in NETS:
             raise ValueError(f"nets={'+'.join(a.nets)}: {net!r} is not one of {', '.join(NETS)}")
     seeds = tuple(a.seeds)
-    if len(seeds) == 1:
+    if len(seeds) == 1:  # the seed stays an axis here (the first sweeps were planned so)
         return [(net, {"net": net, "seed": seeds[0]}) for net in a.nets]
-    return [(f"{net}_seed{s}", {"net": net, "seed": s}) for net in a.nets for s in seeds]
+    return common.with_seeds([(net, {"net": net}) for net in a.nets], seeds)

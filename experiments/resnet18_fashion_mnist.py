@@ -16,7 +16,7 @@ Data: the four IDX files, found in /usr/share/datasets/fashion-mnist (Debian pac
 dataset-fashion-mnist) or at --config.data.path=DIR. Args: runlocal, holdout, epochs=60.
 """
 
-from cnn_jax.sweep import parse_arg
+from experiments.common import parse_arg
 from experiments.default import get_default_config
 
 

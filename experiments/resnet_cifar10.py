@@ -16,23 +16,22 @@ Args (comma-separated after the file name): depth=20 (6n+2: 20, 32, 44, 56, 110)
 shortcuts), norm=batch (batch|group|layer|none), shortcut=A (A: zero-padded identity, B:
 projection when the shape changes, C: projection everywhere), data=cifar10|synthetic, runlocal.
 Data: the JPEG tree `<root>/<split>/<class>/*.jpg` from $CNN_JAX_CIFAR10 or ~/data/cifar10-jpeg
-(see experiments/cifar10_common.py), or --config.data.path=DIR.
+(see experiments/common.py), or --config.data.path=DIR.
 """
 
-from cnn_jax.sweep import parse_arg
-from experiments import cifar10_common
+from experiments import common
 
 DEPTHS = (20, 32, 44, 56, 110, 1202)
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, depth=20, plain=False, norm="batch", shortcut="A", data="cifar10",
-                  runlocal=False)
+    a = common.parse_arg(arg, depth=20, plain=False, norm="batch", shortcut="A", data="cifar10",
+                         runlocal=False)
     if a.depth not in DEPTHS:
         raise ValueError(f"depth={a.depth}: the CIFAR ResNets have depth 6n+2, one of {DEPTHS}.")
     if a.shortcut not in ("A", "B", "C"):
         raise ValueError(f"shortcut={a.shortcut!r}: valid values are A, B, C.")
-    c = cifar10_common.he2016_recipe(182)
+    c = common.he2016_recipe(182)
     # 64k iterations with /10 at 32k and 48k, counted in steps as in the paper.
     c.total_steps = 64_000
     c.optim.milestones = (32_000, 48_000)
@@ -41,5 +40,5 @@ def get_config(arg=None):
     c.model.norm = a.norm
     if not a.plain:
         c.model.shortcut = a.shortcut
-    cifar10_common.set_data(c, a.data, a.runlocal)
+    common.set_cifar10_data(c, a.data, a.runlocal)
     return c
