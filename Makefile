@@ -40,7 +40,7 @@ train: $(STAMP) fashion_mnist
 	$(PY) launch.py --config=experiments/lenet5_fashion_mnist.py --workdir=$(WORKDIR)
 
 faults: $(STAMP)
-	$(PY) -m cnn_jax.faults --full
+	$(PY) -m tests.faults.campaign --full
 
 bench: $(STAMP)
 	bash benchmarks/compare.sh

@@ -1,9 +1,9 @@
 """The fault campaign's pytest fixture: one Campaign (root directory, launcher, reference run)
-shared by every test of tests/faults, as `python -m cnn_jax.faults` shares it between scenarios."""
+shared by every test of tests/faults, as `python -m tests.faults.campaign` shares it between scenarios."""
 
 import pytest
 
-from cnn_jax import faults
+from tests.faults import campaign as faults
 
 
 @pytest.fixture(scope="session")

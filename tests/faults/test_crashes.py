@@ -1,8 +1,8 @@
-"""Crashes and preemptions of training runs (scenarios 1, 2, 4, 5 of cnn_jax/faults.py)."""
+"""Crashes and preemptions of training runs (scenarios 1, 2, 4, 5 of tests/faults/campaign.py)."""
 
 import pytest
 
-from cnn_jax import faults
+from tests.faults import campaign as faults
 
 
 @pytest.mark.parametrize("step", faults.ci_kill_steps())

@@ -2,7 +2,7 @@
 
 import shutil
 
-from cnn_jax import faults
+from tests.faults import campaign as faults
 
 
 def test_damaged_newest_checkpoint_falls_back_with_a_warning(campaign):

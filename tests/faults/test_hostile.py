@@ -6,7 +6,7 @@ strict xfails, so a fix turns them into failures here until they are removed fro
 
 import pytest
 
-from cnn_jax import faults
+from tests.faults import campaign as faults
 
 # case name -> why it is not clear yet (see tests/faults/RESULTS.md for the proposed fixes).
 # Empty: every generated case ends in a clear error (issue #6 fixed the last 27).

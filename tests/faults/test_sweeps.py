@@ -1,6 +1,6 @@
 """Sweeps that are killed, preempted, or have a crashing point (scenario 6)."""
 
-from cnn_jax import faults
+from tests.faults import campaign as faults
 
 
 def test_killed_sweep_with_a_crashing_point_finishes_the_rest(campaign):

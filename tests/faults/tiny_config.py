@@ -1,4 +1,4 @@
-"""Tiny run for the fault campaign (cnn_jax/faults.py): an MLP on synthetic 6x6x3 images.
+"""Tiny run for the fault campaign (tests/faults/campaign.py): an MLP on synthetic 6x6x3 images.
 
     python launch.py --config=tests/faults/tiny_config.py --workdir=/tmp/faults_tiny
     python launch.py --config=tests/faults/tiny_config.py --workdir=/tmp/faults_sweep --sweep

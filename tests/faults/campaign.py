@@ -1,9 +1,12 @@
 """The fault campaign: crashes, preemptions, corrupt files and hostile inputs against real runs.
 
-    python -m cnn_jax.faults            # CI sample: 3 of the 10 SIGKILL steps, 1 distributed kill
-    python -m cnn_jax.faults --full     # all ten SIGKILL steps, 2 distributed kills (make faults)
-    python -m cnn_jax.faults --exec     # every run in a fresh `python launch.py` interpreter
-    pytest tests/faults                 # the same scenario functions, one test each
+    python -m tests.faults.campaign         # CI sample: 3 of the 10 SIGKILL steps, 1 distributed kill
+    python -m tests.faults.campaign --full  # all ten SIGKILL steps, 2 distributed kills (make faults)
+    python -m tests.faults.campaign --exec  # every run in a fresh `python launch.py` interpreter
+    pytest tests/faults                     # the same scenario functions, one test each
+
+Run from the repository root. This is tooling, not library: it lives beside its tests and its
+tiny config, outside the `cnn_jax` package, which never imports it.
 
 Each scenario is one function `scenario_*(campaign) -> Row`; the CLI prints the table and the
 totals line "faults injected: N, survived: N, results lost: 0; hostile inputs: M, clear errors: M".
@@ -15,7 +18,9 @@ code, argv, signals, exit codes and files as `python launch.py ...`, without pay
 TensorFlow/JAX (~10 CPU-seconds) per run. `--exec` starts a fresh interpreter per run instead.
 Faults that need to reach inside a run (a save made slow to hit it with SIGTERM, a disk that is
 full) are installed in the child before launch.py starts, by patching the Python functions through
-which Orbax writes (see `_install_hooks`); nothing of the engine is changed.
+which Orbax writes (see `_install_hooks`); nothing of the engine is changed. Those patches reach
+private internals (orbax.checkpoint._src.path.atomicity, etils.epath.gpath._GPath), which may
+move in any Orbax/etils release; they stay here, in the campaign, and nowhere in `cnn_jax/`.
 
 --force semantics (scenario 8). A workdir remembers its run's resolved config. Resuming with a
 config that differs in any field outside `checkpoint.RESUME_SAFE_FIELDS` (fields that only drive
@@ -35,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import importlib
 import json
 import multiprocessing
 import os
@@ -47,10 +53,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent   # tests/faults
+REPO = HERE.parent.parent
 LAUNCH = REPO / "launch.py"
-TINY_CONFIG = REPO / "tests" / "faults" / "tiny_config.py"
-TINY_SWEEP = REPO / "tests" / "faults" / "tiny_sweep.py"
+TINY_CONFIG = HERE / "tiny_config.py"
+TINY_SWEEP = HERE / "tiny_sweep.py"
 TOTAL_STEPS = 24          # of the tiny config; keep in sync with tests/faults/tiny_config.py
 EVAL_STEPS = (12, 24)
 KILL_STEPS_SEED = 6       # the ten SIGKILL steps are drawn from this seed
@@ -352,6 +359,13 @@ class Run:
             return ""
 
 
+def _module_name() -> str:
+    """This module's importable name (tests.faults.campaign), also when it runs as __main__."""
+    spec = globals().get("__spec__")
+    name = spec.name if spec is not None else __name__
+    return "tests.faults.campaign" if name == "__main__" else name
+
+
 class Launcher:
     """Starts launch.py runs: forked from a pre-imported interpreter, or `python launch.py`."""
 
@@ -366,7 +380,9 @@ class Launcher:
             ctx = multiprocessing.get_context("forkserver")
             for key, value in self.env.items():  # read by JAX when the server imports it
                 os.environ.setdefault(key, value)
-            ctx.set_forkserver_preload(list(PRELOAD) + ["cnn_jax.faults"])
+            if str(REPO) not in sys.path:  # the server imports this module as tests.faults...
+                sys.path.insert(0, str(REPO))
+            ctx.set_forkserver_preload(list(PRELOAD) + [_module_name()])
             self._ctx = ctx
         return self._ctx
 
@@ -378,8 +394,9 @@ class Launcher:
         log.parent.mkdir(parents=True, exist_ok=True)
         if self.exec_mode or real:
             if hooks:
-                argv = [sys.executable, "-c", "from cnn_jax.faults import _exec_entry; "
-                        "_exec_entry()", json.dumps([list(args), hooks])]
+                argv = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(REPO)!r}); "
+                        f"from {_module_name()} import _exec_entry; _exec_entry()",
+                        json.dumps([list(args), hooks])]
             else:
                 argv = [sys.executable, str(LAUNCH), *args]
             with open(log, "ab") as out:
@@ -387,7 +404,7 @@ class Launcher:
                                         stdin=subprocess.DEVNULL, cwd=env.get("FAULTS_CWD", REPO),
                                         env={**os.environ, **env}, start_new_session=True)
             return Run(proc, log)
-        import cnn_jax.faults as this  # not __main__, when run with python -m cnn_jax.faults
+        this = importlib.import_module(_module_name())  # not __main__ under python -m
         proc = self._context().Process(target=this._child_main,
                                        args=(list(args), str(log), env, hooks), daemon=False)
         # The child needs nothing of this process's __main__ (pytest, a script): hide it so that
@@ -2143,7 +2160,7 @@ def results_markdown(rows: Sequence[Row], command: str, elapsed: float, notes: s
         f"{os.cpu_count()} CPUs, shared), {elapsed / 60:.1f} min",
         "",
         "Runs are `launch.py` on tests/faults/tiny_config.py (MLP, synthetic 6x6x3 images, 24 "
-        "steps); see cnn_jax/faults.py for how each fault is injected and `--force` semantics.",
+        "steps); see tests/faults/campaign.py for how each fault is injected and `--force` semantics.",
         "",
         format_table(rows),
         "",
@@ -2161,7 +2178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import shutil
     import tempfile
-    parser = argparse.ArgumentParser(prog="python -m cnn_jax.faults", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tests.faults.campaign", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true",
                         help="all ten SIGKILL steps and both distributed kills (make faults)")
@@ -2199,7 +2216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = Path(args.results)
         old = _read(path)
         notes = old.split(NOTES_MARKER, 1)[1] if NOTES_MARKER in old else ""
-        command = "python -m cnn_jax.faults " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python -m tests.faults.campaign " + " ".join(argv if argv is not None else sys.argv[1:])
         path.write_text(results_markdown(rows, command.strip(), elapsed, notes, root))
         print(f"wrote {path}")
     if not args.keep and not args.root:
