@@ -25,7 +25,10 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and res
 flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
                   "train (evaluates periodically), eval (newest checkpoint on data.eval_split), "
                   "predict (top-5 classes of --images).")
-flags.DEFINE_bool("force", False, "Resume even though the stored config differs on model/data.")
+flags.DEFINE_bool("force", False, "Resume even though the stored config or training data "
+                  "differs (the run then mixes two configs).")
+flags.DEFINE_bool("extend", False, "Resume a finished or stopped run with a larger "
+                  "--config.total_steps or num_epochs (the schedule is rebuilt for the new length).")
 flags.DEFINE_list("images", [], "Image files for --mode=predict.")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (one process per host).")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 "
@@ -131,7 +134,8 @@ def run(mode: str) -> int:
     from cnn_jax import train
     config = FLAGS.config
     if mode == "train":
-        results = train.train_and_evaluate(config, FLAGS.workdir, force=FLAGS.force)
+        results = train.train_and_evaluate(config, FLAGS.workdir, force=FLAGS.force,
+                                           extend=FLAGS.extend)
         return 0 if results.get("status") in ("finished", "preempted") else 1
     if mode == "eval":
         train.evaluate_checkpoint(config, FLAGS.workdir)

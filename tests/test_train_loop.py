@@ -141,6 +141,74 @@ def test_changed_config_is_refused_unless_forced(reference, tmp_path, capsys):
                                 str(run), force=True)
 
 
+def test_changed_run_length_or_parallel_is_refused_and_extend_is_explicit(reference, tmp_path,
+                                                                         capsys):
+    run = tmp_path / "run"
+    shutil.copytree(reference[0], run)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    for fields, listed in [({"total_steps": 15}, "total_steps"), ({"num_epochs": 3}, None),
+                           ({"parallel": "pmap"}, "parallel"),
+                           ({"data.shuffle_buffer": 7}, "data.shuffle_buffer")]:
+        with pytest.raises(ckpt.CheckpointError) as e:
+            loop.train_and_evaluate(tiny_config(**fields), str(run))
+        if listed:  # num_epochs is unused (and not stored as different) with total_steps > 0
+            assert f"  {listed}: stored " in str(e.value) and "--force" in str(e.value)
+    assert "--extend" in str(_refusal(run, total_steps=15))
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing written
+    # Shorter than the checkpoint's step: refused even with --force.
+    with pytest.raises(ckpt.CheckpointError, match="past this config's run length of 6"):
+        loop.train_and_evaluate(tiny_config(total_steps=6), str(run), force=True)
+    # --extend: a longer run from the finished one; its results are kept beside.
+    results = loop.train_and_evaluate(tiny_config(total_steps=15), str(run), extend=True)
+    assert results["status"] == "finished" and results["step"] == results["total_steps"] == 15
+    assert "--extend: continuing from step 12 to 15 steps" in capsys.readouterr().out
+    assert json.loads((run / "results_step12.json").read_text())["step"] == STEPS
+    # --extend lets only the length change.
+    with pytest.raises(ckpt.CheckpointError, match="optim.lr"):
+        loop.train_and_evaluate(tiny_config(total_steps=18, **{"optim.lr": 0.1}), str(run),
+                                extend=True)
+
+
+def _refusal(run, **fields):
+    with pytest.raises(ckpt.CheckpointError) as e:
+        loop.train_and_evaluate(tiny_config(**fields), str(run))
+    return e.value
+
+
+def _write_image_tree(root, counts, seed=0):
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for split, n in counts.items():
+        for c in range(5):
+            d = root / split / f"class_{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            start = len(list(d.iterdir()))
+            for i in range(start, start + n):
+                Image.fromarray(rng.integers(0, 256, (6, 6, 3), np.uint8)).save(d / f"{i:03d}.png")
+
+
+def test_changed_image_folder_is_refused_unless_forced(tmp_path, capsys):
+    tree = tmp_path / "tree"
+    _write_image_tree(tree, {"train": 8, "test": 2})
+    config = tiny_config(total_steps=4, checkpoint_every_steps=2, eval_every_steps=2, **{
+        "data.name": "image_folder", "data.path": str(tree),
+        "data.cache_dir": str(tmp_path / "cache")})
+    run = tmp_path / "run"
+    loop.train_and_evaluate(config, str(run))
+    _write_image_tree(tree, {"train": 4}, seed=1)  # 20 more training images
+    with pytest.raises(ckpt.CheckpointError) as e:
+        loop.train_and_evaluate(config, str(run))
+    msg = str(e.value)
+    assert "training data fingerprint: stored " in msg and "--force" in msg
+    assert "training data num_train_examples: stored 40 -> new 60" in msg
+    shutil.rmtree(run / "checkpoints" / "4")  # as if stopped after step 2
+    (run / "results.json").unlink()
+    results = loop.train_and_evaluate(config, str(run), force=True)
+    assert results["status"] == "finished" and results["step"] == 4
+    out = capsys.readouterr().out
+    assert "WARNING: --force: resuming step 2" in out and "Resuming from checkpoint step 2" in out
+
+
 def _data_files(step_dir):
     files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in str(p)]
     assert files, f"no array files under {step_dir}"

@@ -44,6 +44,7 @@ class DatasetInfo:
     std: tuple[float, ...]
     train_split: str = "train"
     origin: str = ""                    # where the data was found
+    fingerprint: str = ""               # changes when the data (or its decoding) changes
 
 
 @dataclasses.dataclass
@@ -177,7 +178,7 @@ def _plan(cfg: Any, *, splits_to_count: tuple[str, ...] | None = None) -> _Plan:
         name=name, num_classes=source.num_classes, image_shape=tuple(int(s) for s in shape),
         num_examples=num_examples, class_names=list(source.class_names),
         mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
-        train_split=train_spec, origin=source.origin)
+        train_split=train_spec, origin=source.origin, fingerprint=source.fingerprint)
     scale, bias = preprocess.scale_bias(info.mean, info.std)
     return _Plan(cfg, source, info, image_size, scale, bias)
 

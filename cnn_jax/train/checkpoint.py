@@ -22,14 +22,22 @@ CHECKPOINT_SUBDIR = "checkpoints"
 QUARANTINE_SUBDIR = "checkpoints_corrupt"
 FORMAT_VERSION = 1
 
-# Config fields that may change between a run and its resumption: they change how the run is
-# driven, not the model, the data or the optimisation. Any other difference refuses to resume.
+# The one list of what may change when a run resumes. Everything else that shapes the
+# optimisation trajectory (model, data and augmentation, batch size, seed, optimizer and schedule,
+# run length, parallel mode, dtype, ...) must match the checkpoint's stored config, and so must the
+# training data's fingerprint (DATA_FACTS); `--force` overrides, `--extend` (EXTEND_FIELDS) makes a
+# finished or stopped run longer.
+# Fields that only drive how the run is logged, evaluated, saved, compiled or where caches live:
 RESUME_SAFE_FIELDS = (
     "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
     "keep_best_metric", "async_checkpoints", "compilation_cache", "steps_per_dispatch",
-    "parallel", "eval_batch_size", "num_epochs", "total_steps", "data.eval_split",
-    "data.val_split", "data.shuffle_buffer", "data.max_bad_fraction", "eval_flip_tta",
+    "eval_batch_size", "eval_flip_tta", "data.eval_split", "data.val_split",
+    "data.max_bad_fraction", "data.cache_dir", "data.download", "data.tfds_data_dir",
 )
+# Fields `--extend` lets grow (the run gets longer; its schedule is rebuilt for the new length).
+EXTEND_FIELDS = ("total_steps", "num_epochs")
+# Facts about the training data stored in every checkpoint's meta and compared on resume.
+DATA_FACTS = ("fingerprint", "num_train_examples")
 
 
 class CheckpointError(RuntimeError):
@@ -69,8 +77,10 @@ def flatten_config(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: list(d) if isinstance(d, tuple) else d}
 
 
-def config_differences(stored: dict, current: dict) -> list[tuple[str, Any, Any]]:
-    """(field, stored value, new value) for every field outside RESUME_SAFE_FIELDS that differs.
+def config_differences(stored: dict, current: dict, allowed: tuple[str, ...] = ()
+                       ) -> list[tuple[str, Any, Any]]:
+    """(field, stored value, new value) for every field outside RESUME_SAFE_FIELDS (and
+    `allowed`) that differs.
 
     A field present on one side only is a difference under `model.` (experiments set model
     fields explicitly) but not elsewhere: there it is a default added to (or removed from)
@@ -79,8 +89,19 @@ def config_differences(stored: dict, current: dict) -> list[tuple[str, Any, Any]
     a, b = flatten_config(stored), flatten_config(current)
     absent = "<absent>"
     keys = sorted((set(a) & set(b)) | {k for k in set(a) ^ set(b) if k.startswith("model.")})
+    skip = set(RESUME_SAFE_FIELDS) | set(allowed)
     return [(k, a.get(k, absent), b.get(k, absent)) for k in keys
-            if k not in RESUME_SAFE_FIELDS and a.get(k, absent) != b.get(k, absent)]
+            if k not in skip and a.get(k, absent) != b.get(k, absent)]
+
+
+def data_differences(stored: dict | None, current: dict) -> list[tuple[str, Any, Any]]:
+    """("training data <fact>", stored, new) for each of DATA_FACTS that differs.
+
+    Checkpoints written before the facts were stored have none: nothing to compare.
+    """
+    stored = stored or {}
+    return [(f"training data {k}", stored[k], current.get(k)) for k in DATA_FACTS
+            if k in stored and stored[k] != current.get(k)]
 
 
 class CheckpointStore:

@@ -356,12 +356,59 @@ def _model_size(setup: Setup, params: Any) -> tuple[int, int | None]:
     return n_params, macs
 
 
+def data_facts(setup: Setup) -> dict:
+    """What a checkpoint stores about its training data (see checkpoint.DATA_FACTS)."""
+    return {"fingerprint": setup.info.fingerprint, "num_train_examples": setup.num_train}
+
+
+def check_resume(setup: Setup, meta: dict, cfg_dict: dict, start_step: int, workdir: str, *,
+                 force: bool = False, extend: bool = False) -> None:
+    """Refuses to resume a checkpoint whose run differs from this config (see checkpoint.py).
+
+    Lists every differing field (and a changed training-data fingerprint) in one message.
+    `extend` accepts a longer total_steps/num_epochs; `force` accepts any difference whose
+    arrays still fit. A run length below the checkpoint's step is refused even with `force`.
+    """
+    allowed = ckpt.EXTEND_FIELDS if extend else ()
+    diffs = (ckpt.config_differences(meta["config"], cfg_dict, allowed)
+             + ckpt.data_differences(meta.get("data"), data_facts(setup)))
+    if start_step > setup.total_steps:
+        raise ckpt.CheckpointError(
+            f"The checkpoint in {workdir} is at step {start_step}, past this config's run "
+            f"length of {setup.total_steps} steps (total_steps={setup.config.total_steps}, "
+            f"num_epochs={setup.config.num_epochs}): it cannot be shortened. Evaluate it with "
+            f"--mode=eval, set --config.total_steps={start_step} or more, or use another "
+            f"--workdir.")
+    if extend:
+        extended = [(k, a, b) for k, a, b in ckpt.config_differences(meta["config"], cfg_dict)
+                    if k in ckpt.EXTEND_FIELDS]
+        if extended:
+            print(f"--extend: continuing from step {start_step} to {setup.total_steps} steps ("
+                  + ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in extended)
+                  + "); the learning-rate schedule is rebuilt for the new length.", flush=True)
+    if not diffs:
+        return
+    listing = "\n".join(f"  {k}: stored {a!r} -> new {b!r}" for k, a, b in diffs)
+    if not force:
+        longer = ("" if extend or any(k not in ckpt.EXTEND_FIELDS for k, _, _ in diffs) else
+                  " To make the run longer, pass --extend.")
+        raise ckpt.CheckpointError(
+            f"{workdir} holds a run with a different config or data; refusing to mix runs. "
+            f"Differing fields:\n{listing}\nUse another --workdir, or pass --force to resume the "
+            f"checkpoint at step {start_step} with the new config anyway.{longer}")
+    print(f"WARNING: --force: resuming step {start_step} despite config changes:\n"
+          f"{listing}", flush=True)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       force: bool = False) -> dict:
+                       force: bool = False, extend: bool = False) -> dict:
     """Trains `config` in `workdir`, resuming from its newest good checkpoint; returns results.
 
     Writes config.json, metrics.jsonl, TensorBoard events, checkpoints/ and, at the end,
-    results.json. `force` resumes even when the stored config differs on model/data fields.
+    results.json. Resuming a checkpoint whose stored config or training data differs (outside
+    checkpoint.RESUME_SAFE_FIELDS) is refused; `force` resumes anyway, `extend` lets
+    total_steps/num_epochs grow (a finished run's results.json is kept as
+    results_step<N>.json).
     """
     configure_jax(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -377,16 +424,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     tree, meta, start_step, problems = ckpt.newest_readable(store, None)
     elapsed_before = 0.0
     if tree is not None:
-        diffs = ckpt.config_differences(meta["config"], cfg_dict)
-        if diffs:
-            listing = "\n".join(f"  {k}: stored {a!r} -> new {b!r}" for k, a, b in diffs)
-            if not force:
-                raise ckpt.CheckpointError(
-                    f"{workdir} holds a run with a different config; refusing to mix runs. "
-                    f"Differing fields:\n{listing}\nUse another --workdir, or pass --force to "
-                    f"resume the checkpoint at step {start_step} with the new config anyway.")
-            print(f"WARNING: --force: resuming step {start_step} despite config changes:\n"
-                  f"{listing}", flush=True)
+        try:
+            check_resume(setup, meta, cfg_dict, start_step, workdir, force=force, extend=extend)
+        except Exception:
+            store.close()
+            raise
         state = setup.state_from_tree(tree)
         del tree
         elapsed_before = float(meta.get("wall_time", 0.0))
@@ -415,9 +457,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         _print_final(previous)
         return previous
     if is_writer and os.path.exists(results_path):
-        os.remove(results_path)  # the run continues: results.json returns when it finishes
+        if previous and previous.get("status") == "finished":  # extended or forced: kept
+            kept = os.path.join(workdir, f"results_step{previous.get('step')}.json")
+            os.replace(results_path, kept)
+            print(f"The finished run's results moved to {kept}", flush=True)
+        else:
+            os.remove(results_path)  # the run continues: results.json returns when it finishes
 
-    logger = metrics_lib.MetricsLogger(workdir, enabled=is_writer)
+    logger = metrics_lib.MetricsLogger(workdir, enabled=is_writer, hparams=cfg_dict)
     stop = _StopFlag()
     stop.install()
     try:
@@ -455,7 +502,8 @@ def _train_loop(setup: Setup, state: TrainState, start_step: int, workdir: str,
         return elapsed_before + time.time() - run_start
 
     def meta(step: int) -> dict:
-        return {"config": cfg_dict, "epoch": step / spe, "wall_time": wall()}
+        return {"config": cfg_dict, "epoch": step / spe, "wall_time": wall(),
+                "data": data_facts(setup)}
 
     def save(step: int, state: TrainState, eval_metrics: dict | None) -> TrainState:
         state = strategy.sync_state(state)
