@@ -1,7 +1,9 @@
 """Two processes on localhost (jax.distributed, CPU collectives over gloo) train like one.
 
 Each process feeds its own half of every global batch; both end with the same parameters,
-equal (to float32 tolerance) to a one-process run with the same global batch.
+equal (to float32 tolerance) to a one-process run with the same global batch, in both parallel
+modes: `jit` over the global mesh and `pmap` over every process's devices. The pmap reference is
+one process with two devices (pmap's dropout masks depend on the device index).
 """
 
 import importlib.util
@@ -47,19 +49,21 @@ def load_config(path):
     return module.get_config()
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("multihost")
+@pytest.fixture(scope="module", params=["jit", "pmap"])
+def runs(request, tmp_path_factory):
+    mode = request.param
+    root = tmp_path_factory.mktemp(f"multihost_{mode}")
     experiment = root / "tiny_multihost.py"
     experiment.write_text(EXPERIMENT)
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
                CNN_JAX_CACHE=str(root / "jax_cache"))
     env.pop("XLA_FLAGS", None)  # one CPU device per process
     port = free_port()
+    args = [sys.executable, "launch.py", f"--config={experiment}", f"--config.parallel={mode}"]
     procs = [subprocess.Popen(
-        [sys.executable, "launch.py", f"--config={experiment}", f"--workdir={root / 'two'}",
-         "--multihost", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-         f"--process_id={i}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+        args + [f"--workdir={root / 'two'}", "--multihost",
+                f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                f"--process_id={i}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outs = []
     for p in procs:
@@ -73,9 +77,16 @@ def runs(tmp_path_factory):
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-4000:]
 
-    config = load_config(experiment)
-    config.compilation_cache = False
-    loop.train_and_evaluate(config, str(root / "one"))
+    if mode == "jit":
+        config = load_config(experiment)
+        config.compilation_cache = False
+        loop.train_and_evaluate(config, str(root / "one"))
+    else:  # one process with the same two devices
+        one = subprocess.run(
+            args + [f"--workdir={root / 'one'}"], cwd=REPO, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, timeout=600,
+            env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+        assert one.returncode == 0, one.stdout[-4000:]
     return root, outs
 
 
@@ -114,6 +125,11 @@ def test_only_process_zero_writes_and_eval_counts_every_example(runs):
     assert results["num_processes"] == 2 and results["num_devices"] == 2
     assert results["final"]["test"]["num_examples"] == 24
     reference = json.loads((root / "one" / "results.json").read_text())
-    assert results["final"]["test"]["top1"] == pytest.approx(reference["final"]["test"]["top1"])
+    assert results["parallel"] == reference["parallel"]
+    for key in ("top1", "loss"):
+        assert results["final"]["test"][key] == pytest.approx(reference["final"]["test"][key],
+                                                              rel=1e-5)
+    evals = [json.loads(l) for l in (root / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["num_examples"] for r in evals if r["split"] == "test"] == [24, 24]
     lines = (root / "two" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(set(lines))  # one writer: no line twice

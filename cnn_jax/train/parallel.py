@@ -88,21 +88,36 @@ class JitStrategy:
         return host_tree(tree)
 
 
-class PmapStrategy:
-    """`jax.pmap` over this host's devices with a named axis: gradients and metrics pmean'ed.
+def pmap_devices() -> list:
+    """Every device of every process, grouped by process (the order pmap's own default uses).
 
-    BN statistics are synchronised across all devices when the model was built with
-    `bn_axis_name=PMAP_AXIS`; otherwise each device normalises with its own share of the batch
-    and `sync_state` averages the running statistics before evaluation and checkpoints.
+    A pmap over these spans all processes: each process feeds and gets back one row per local
+    device, and the collectives (gradient, metric and BN means, evaluation sums) reduce over
+    all of them. In one process this is `jax.local_devices()`.
+    """
+    if jax.process_count() == 1:
+        return jax.local_devices()
+    return [d for p in range(jax.process_count()) for d in jax.local_devices(process_index=p)]
+
+
+class PmapStrategy:
+    """`jax.pmap` over every device of every process with a named axis.
+
+    Gradients and metrics are pmean'ed and evaluation sums psum'ed over all devices of all
+    processes, so several processes train one model and count a split once. BN statistics are
+    synchronised across all devices when the model was built with `bn_axis_name=PMAP_AXIS`;
+    otherwise each device normalises with its own share of the batch and `sync_state` averages
+    the running statistics before evaluation and checkpoints.
     """
 
     name = "pmap"
 
     def __init__(self, step_cfg: steps.StepConfig, average_bn: bool = False):
         self.average_bn = average_bn
-        self.devices = jax.local_devices()
-        self._n = len(self.devices)
-        self._stacked = NamedSharding(Mesh(np.asarray(self.devices), (PMAP_AXIS,)), P(PMAP_AXIS))
+        self.devices = pmap_devices()
+        local = jax.local_devices()
+        self._n = len(local)  # rows this process feeds: one per local device
+        self._stacked = NamedSharding(Mesh(np.asarray(local), (PMAP_AXIS,)), P(PMAP_AXIS))
         self._train = jax.pmap(functools.partial(steps.train_step, cfg=step_cfg),
                                axis_name=PMAP_AXIS, donate_argnums=0, devices=self.devices)
         self._train_many = jax.pmap(functools.partial(steps.train_steps, cfg=step_cfg),
