@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from cnn_jax import ops
+from cnn_jax import ops, validate
 
 ModuleDef = Any
 Padding = int | str | Sequence[int] | Sequence[tuple[int, int]]
@@ -241,10 +241,7 @@ def activation(name: str | Callable) -> Callable:
     return ACTIVATIONS[name]
 
 
-def check_choice(field: str, value: Any, choices: Sequence[Any]) -> None:
-    """ValueError naming the field, the value seen and the valid choices."""
-    if value not in choices:
-        raise ValueError(f"{field}={value!r} is not valid; choose one of {tuple(choices)}")
+check_choice = validate.check_member  # a model field's choice (the models' shared check)
 
 
 class ConvBlock(nn.Module):

@@ -10,7 +10,6 @@ only header-checked, and the checked file index is cached.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cnn_jax.data import cache
+from cnn_jax.validate import did_you_mean
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 DECODE_VERSION = 2
@@ -39,8 +39,7 @@ def split_dir(root: str | os.PathLike, split: str) -> Path:
     root = Path(root)
     available = list_splits(root)
     if split not in available:
-        close = difflib.get_close_matches(split, available, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(split, available)
         looks_flat = available and all(
             any(f.suffix.lower() in IMAGE_EXTENSIONS for f in (root / d).iterdir()) for d in available[:3]
         )

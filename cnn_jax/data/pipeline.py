@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from cnn_jax.data import augment, idx, preprocess, splits, validate
+from cnn_jax import validate
+from cnn_jax.data import augment, idx, preprocess, splits
 from cnn_jax.data.sources import (DEFAULT_IMAGE_SIZE, IDX_NAMES, ArraySplit, FileSplit, Source,
                                   TfdsSplit, field, resolve_source)
 
@@ -60,7 +61,7 @@ class _Plan:
 
 def _check_config(cfg: Any) -> None:
     preprocess.check_mode(str(field(cfg, "normalize", "train_stats")))
-    validate.check_config(cfg)
+    validate.check_data_config(cfg)
 
 
 def _check_idx_size(source: Source) -> None:

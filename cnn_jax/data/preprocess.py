@@ -9,13 +9,13 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from cnn_jax.data import cache
+from cnn_jax.validate import did_you_mean
 
 NORMALIZE_MODES = ("train_stats", "published", "none")
 
@@ -39,8 +39,7 @@ _STATS_VERSION = 1
 def check_mode(mode: str) -> str:
     """Validates data.normalize."""
     if mode not in NORMALIZE_MODES:
-        close = difflib.get_close_matches(str(mode), NORMALIZE_MODES, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(str(mode), NORMALIZE_MODES)
         raise ValueError(f"data.normalize={mode!r} is not one of {list(NORMALIZE_MODES)}.{hint}")
     return mode
 

@@ -15,7 +15,6 @@ A `Source` yields examples in one of three forms (`kind`):
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import socket
 from collections.abc import Callable, Iterator, Mapping
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from cnn_jax.data import cache, idx, image_tree, splits
+from cnn_jax.validate import did_you_mean, field
 
 TFDS_NAMES = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenette", "imagenet2012")
 NAMES = TFDS_NAMES + ("image_folder", "synthetic")
@@ -39,15 +39,6 @@ CLASS_NAMES = {
                       "Sneaker", "Bag", "Ankle boot"],
 }
 _SYNTHETIC_SEED = 20240613  # fixed: synthetic data does not change with the training seed
-
-
-def field(cfg: Any, name: str, default: Any) -> Any:
-    """`cfg.name`, or `default` for configs written before the field existed."""
-    try:
-        value = cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
-    except AttributeError:
-        value = default
-    return default if value is None else value
 
 
 class _LazySizes(Mapping):
@@ -325,8 +316,7 @@ def resolve_source(cfg: Any) -> Source:
     """Finds the data set named by `cfg.name` (see module docstring for the order)."""
     name = str(field(cfg, "name", ""))
     if name not in NAMES:
-        close = difflib.get_close_matches(name, NAMES, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, NAMES)
         raise ValueError(f"Unknown data set data.name={name!r}; valid names: {list(NAMES)}.{hint}")
     path = str(field(cfg, "path", "") or "")
     if name == "synthetic":

@@ -4,18 +4,18 @@ Local sources (IDX files, JPEG trees, synthetic data) are sliced with tfds's own
 rounding (`tfds.core.ReadInstruction`), so `train[:90%]` selects exactly the examples that tfds
 would select from a split of the same size and order. Where tensorflow-datasets is not installed
 (e.g. a GPU image with only JAX), a small parser with the same rounding handles the common forms
-(`name`, `name[a:b]` with integers or percentages, joined by `+`); tests/test_data_splits.py
-checks it against tfds.
+(`name`, `name[a:b]` with integers or percentages, joined by `+`), tested against tfds.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 import types
 from collections.abc import Mapping
 
 import numpy as np
+
+from cnn_jax.validate import did_you_mean
 
 
 def split_names(spec: str) -> list[str]:
@@ -30,8 +30,7 @@ def split_names(spec: str) -> list[str]:
 
 def unknown_split_error(spec: str, name: str, available: list[str], where: str) -> ValueError:
     """A clear error for a split name that the source does not have."""
-    close = difflib.get_close_matches(name, available, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(name, available)
     return ValueError(
         f"Split {name!r} (in split spec {spec!r}) does not exist in {where}; available splits: "
         f"{sorted(available)}.{hint} Set --config.data.train_split/eval_split/val_split to one "

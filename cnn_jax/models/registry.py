@@ -7,15 +7,14 @@ models never see the config object. Variants are one-line entries over a family'
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
-import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cnn_jax import validate
 from cnn_jax.layers import NORMS, SHORTCUTS
 from cnn_jax.models.alexnet import TORCHVISION_LAYERS, AlexNet
 from cnn_jax.models.googlenet import GoogLeNet
@@ -77,8 +76,7 @@ MODELS: Mapping[str, ModelSpec] = _specs()
 
 def _spec(name: str) -> ModelSpec:
     if name not in MODELS:
-        close = difflib.get_close_matches(str(name), list(MODELS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = validate.did_you_mean(str(name), list(MODELS))
         raise ValueError(f"unknown model {name!r}.{hint} Valid names: {', '.join(list_models())}")
     return MODELS[name]
 
@@ -114,46 +112,6 @@ def _coerce(key: str, value: Any) -> Any:
     return value
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _int_at_least(low: int) -> Callable[[Any], str | None]:
-    return lambda v: None if _is_int(v) and v >= low else f"it must be an integer >= {low}"
-
-
-def _int_tuple(low: int = 1, allow_empty: bool = False) -> Callable[[Any], str | None]:
-    """A rule for a tuple of integers >= low, e.g. hidden_sizes=(512, 512)."""
-    want = f"it must be a tuple of integers >= {low}" + (
-        " (or () for none)" if allow_empty else " with at least one entry")
-
-    def rule(v: Any) -> str | None:
-        ok = (isinstance(v, tuple) and (allow_empty or len(v) > 0)
-              and all(_is_int(x) and x >= low for x in v))
-        return None if ok else want
-    return rule
-
-
-def _number_in(low: float, high: float, *, low_open: bool = False,
-               high_open: bool = False) -> Callable[[Any], str | None]:
-    want = (f"it must be a number in {'(' if low_open else '['}{low}, "
-            f"{high}{')' if high_open else ']'}")
-
-    def rule(v: Any) -> str | None:
-        ok = (_is_real(v) and (v > low if low_open else v >= low)
-              and (v < high if high_open else v <= high))
-        return None if ok else want
-    return rule
-
-
-def _boolean(v: Any) -> str | None:
-    return None if isinstance(v, bool) else "it must be True or False"
-
-
 def _conv_layers(v: Any) -> str | None:
     """AlexNet's conv_layers: (features, kernel, stride, padding, max-pool after) per layer."""
     fmt = ("each entry is (features, kernel, stride, padding, pool) with features, kernel, "
@@ -165,7 +123,7 @@ def _conv_layers(v: Any) -> str | None:
             n = len(layer) if isinstance(layer, tuple) else type(layer).__name__
             return f"conv_layers[{i}]={layer!r} has {n} values instead of 5; {fmt}"
         for part, low, x in zip(("features", "kernel", "stride", "padding"), (1, 1, 1, 0), layer):
-            if not _is_int(x) or x < low:
+            if not validate.is_int(x) or x < low:
                 return (f"conv_layers[{i}]={layer!r} has {part} {x!r}, which must be an integer "
                         f">= {low}; {fmt}")
         if not isinstance(layer[4], bool):
@@ -177,32 +135,27 @@ def _conv_layers(v: Any) -> str | None:
 # same in every family, so this one table checks every model before Flax or JAX sees a value
 # (which would otherwise fail as a ZeroDivisionError inside an initialiser, or train silently).
 FIELD_RULES: Mapping[str, Callable[[Any], str | None]] = {
-    "hidden_sizes": _int_tuple(allow_empty=True),
-    "widths": _int_tuple(),
-    "stage_sizes": _int_tuple(),
+    "hidden_sizes": validate.int_tuple(allow_empty=True),
+    "widths": validate.int_tuple(),
+    "stage_sizes": validate.int_tuple(),
     "conv_layers": _conv_layers,
-    "width": _int_at_least(1),
-    "classifier_width": _int_at_least(1),
-    "pool_size": _int_at_least(1),
-    "adaptive_pool": _int_at_least(0),
-    "depth": _int_at_least(1),
-    "dropout": _number_in(0, 1, high_open=True),
-    "aux_dropout": _number_in(0, 1, high_open=True),
-    "bn_momentum": _number_in(0, 1),
-    "bn_epsilon": _number_in(0, math.inf, low_open=True, high_open=True),
-    **{key: _boolean for key in ("residual", "small_stem", "stride_on_1x1", "zero_init_last_bn",
+    "width": validate.int_at_least(1),
+    "classifier_width": validate.int_at_least(1),
+    "pool_size": validate.int_at_least(1),
+    "adaptive_pool": validate.int_at_least(0),
+    "depth": validate.int_at_least(1),
+    "dropout": validate.number_in(0, 1, high_open=True),
+    "aux_dropout": validate.number_in(0, 1, high_open=True),
+    "bn_momentum": validate.number_in(0, 1),
+    "bn_epsilon": validate.number_in(0, math.inf, low_open=True, high_open=True),
+    **{key: validate.boolean for key in ("residual", "small_stem", "stride_on_1x1", "zero_init_last_bn",
                                  "dropout_first", "aux_logits", "torchvision_compat")},
 }
 
 
 def check_fields(name: str, fields: Mapping[str, Any]) -> None:
     """ValueError naming the field, the value seen and what it must be, for any invalid field."""
-    for key, value in fields.items():
-        rule = FIELD_RULES.get(key)
-        why = rule(value) if rule is not None else None
-        if why is not None:
-            raise ValueError(f"model {name!r}: {key}={value!r} is not valid: {why}. "
-                             f"Fix it with --config.model.{key}=VALUE.")
+    validate.check_fields(fields, FIELD_RULES, where=f"model {name!r}: ", flag="model")
 
 
 def build(name: str, num_classes: int = 1000, **overrides: Any) -> nn.Module:
@@ -211,18 +164,16 @@ def build(name: str, num_classes: int = 1000, **overrides: Any) -> nn.Module:
     fields = model_fields(name)
     for key in overrides:
         if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = validate.did_you_mean(key, fields)
             raise ValueError(f"model {name!r} has no field {key!r}.{hint} "
                              f"Its fields: {', '.join(f for f in fields if f != 'num_classes')}")
-    if not _is_int(num_classes) or num_classes < 1:
+    if not validate.is_int(num_classes) or num_classes < 1:
         raise ValueError(f"num_classes={num_classes!r} must be an integer >= 1 (the data set's "
                          "class count)")
     kwargs = {**spec.fields, **{k: _coerce(k, v) for k, v in overrides.items()},
               "num_classes": int(num_classes)}
     check_fields(name, kwargs)
     for key, choices in (("norm", NORMS), ("shortcut", SHORTCUTS)):
-        if key in kwargs and kwargs[key] not in choices:
-            raise ValueError(f"model {name!r}: {key}={kwargs[key]!r} is not valid; "
-                             f"choose one of {choices}")
+        if key in kwargs:
+            validate.check_member(key, kwargs[key], choices, where=f"model {name!r}: ")
     return spec.cls(**kwargs)

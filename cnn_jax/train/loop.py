@@ -27,7 +27,7 @@ from cnn_jax.train import metrics as metrics_lib
 from cnn_jax.train import optim, parallel, steps
 from cnn_jax.train.state import TrainState, create_train_state, init_variables, state_to_tree, \
     tree_to_state
-from cnn_jax.train.util import check_choice, check_number
+from cnn_jax.validate import check_choice, check_number
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"

@@ -13,7 +13,7 @@ import jax
 import ml_collections
 import optax
 
-from cnn_jax.train.util import check_choice, check_number
+from cnn_jax.validate import check_choice, check_number
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
 SCHEDULES = ("constant", "multistep", "cosine")

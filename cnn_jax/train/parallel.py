@@ -16,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cnn_jax.train import steps
 from cnn_jax.train.state import TrainState, host_tree
-from cnn_jax.train.util import check_choice
+from cnn_jax.validate import check_choice
 
 PARALLEL_MODES = ("jit", "pmap")
 PMAP_AXIS = "batch"

@@ -1,4 +1,4 @@
-"""Named validation of config.data fields (cnn_jax/data/validate.py) and the IDX image size."""
+"""Named validation of config.data fields (cnn_jax/validate.py) and the IDX image size."""
 
 import gzip
 
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from cnn_jax import data
-from cnn_jax.data import idx, validate
+from cnn_jax import validate
+from cnn_jax.data import idx
 
 
 def _cfg(**fields) -> ml_collections.ConfigDict:
@@ -43,11 +44,11 @@ def test_bad_data_field_names_field_value_and_fix(field, value, fragment):
 
 
 def test_valid_values_pass_and_synthetic_fields_only_matter_for_synthetic():
-    validate.check_config(_cfg(mixup_alpha=0, cutmix_alpha=1.0, image_size=0, crop_padding=2,
+    validate.check_data_config(_cfg(mixup_alpha=0, cutmix_alpha=1.0, image_size=0, crop_padding=2,
                                max_bad_fraction=1, synthetic_shape=[6, 6, 3]))
-    validate.check_config(_cfg(name="cifar10", synthetic_num_classes=1.5))
+    validate.check_data_config(_cfg(name="cifar10", synthetic_num_classes=1.5))
     with pytest.raises(ValueError, match="synthetic_num_classes"):
-        validate.check_config(_cfg(synthetic_num_classes=1.5))
+        validate.check_data_config(_cfg(synthetic_num_classes=1.5))
     info = data.get_info(_cfg(mixup_alpha=0.2))
     assert info.image_shape == (6, 6, 3) and info.num_classes == 3
 
