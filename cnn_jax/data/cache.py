@@ -12,6 +12,9 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -65,7 +68,11 @@ def file_fingerprint(paths: Iterable[str | os.PathLike]) -> str:
     """Fingerprint of files by name, size and modification time (cheap: no content read)."""
     def _entries():
         for p in paths:
-            st = os.stat(p)
+            try:
+                st = os.stat(p)
+            except OSError:  # e.g. a symlink loop: listed, then skipped as unreadable
+                yield (os.fspath(p), None, None)
+                continue
             yield (os.fspath(p), st.st_size, st.st_mtime_ns)
     return fingerprint(_entries())
 
@@ -87,7 +94,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     """Writes `obj` as JSON atomically."""
-    _atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+    _atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=False).encode())
 
 
 def read_json(path: Path) -> Any | None:
@@ -115,10 +122,17 @@ def write_arrays(path: Path, **arrays: np.ndarray) -> None:
 
 
 def read_arrays(path: Path) -> dict[str, np.ndarray] | None:
-    """Reads an .npz cache written by `write_arrays`; None when absent or unreadable."""
+    """Reads an .npz cache written by `write_arrays`; None when absent or unreadable.
+
+    An unreadable one (truncated, damaged) is rebuilt by the caller: a warning names it.
+    """
+    if not os.path.exists(path):
+        return None
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError):
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        warnings.warn(f"Cache file {path} is unreadable ({type(e).__name__}: {e}); rebuilding "
+                      "it.", stacklevel=2)
         return None
 

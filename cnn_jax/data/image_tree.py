@@ -67,11 +67,20 @@ def list_classes(root: str | os.PathLike, split: str) -> list[str]:
 
 
 def _image_files(class_dir: Path) -> list[str]:
-    return sorted(
-        os.path.join(class_dir, e.name)
-        for e in os.scandir(class_dir)
-        if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
-    )
+    files = []
+    for e in os.scandir(class_dir):
+        if os.path.splitext(e.name)[1].lower() not in IMAGE_EXTENSIONS:
+            continue
+        try:
+            if not e.is_file():
+                continue
+        except OSError as err:  # e.g. a symlink to itself: "Too many levels of symbolic links"
+            # Kept in the listing: decoding fails on it, so it is skipped and counted (against
+            # data.max_bad_fraction) like any unreadable image.
+            warnings.warn(f"Image file {os.path.join(class_dir, e.name)} cannot be opened "
+                          f"({err.strerror or err}); it is skipped as unreadable.", stacklevel=2)
+        files.append(os.path.join(class_dir, e.name))
+    return sorted(files)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,13 +207,33 @@ def _decode_all(files: list[str], image_size: int) -> tuple[dict[int, np.ndarray
     return decoded, bad
 
 
+def unreadable_errors() -> tuple[type[BaseException], ...]:
+    """What PIL raises for a file that is not a readable image (a decompression bomb included:
+    a header declaring more than 2 * Image.MAX_IMAGE_PIXELS pixels)."""
+    from PIL import Image
+
+    return (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def to_8bit(im):
+    """A PIL image with 8-bit channels: 16-bit greyscale (PNG) is scaled by >> 8, as the tf.data
+    path decodes it (libpng's strip-16), instead of clipped by PIL's convert("L")."""
+    from PIL import Image
+
+    if im.mode == "I" or im.mode.startswith("I;16"):
+        x = np.asarray(im).astype(np.int64)
+        return Image.fromarray((np.clip(x, 0, 65535) >> 8).astype(np.uint8), "L")
+    return im
+
+
 def _decode_pil(path: str, image_size: int) -> np.ndarray | None:
     """One file as HWC uint8 (libjpeg's accurate IDCT, like the tf.data path), None if unreadable."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if im.mode in ("L", "LA", "1", "I", "I;16") else "RGB")
+            im = to_8bit(im)
+            im = im.convert("L" if im.mode in ("L", "LA", "1") else "RGB")
             if image_size > 0:
                 w, h = im.size
                 side = min(w, h)
@@ -212,7 +241,7 @@ def _decode_pil(path: str, image_size: int) -> np.ndarray | None:
                 im = im.resize((image_size, image_size), Image.BILINEAR,
                                box=(left, top, left + side, top + side))
             image = np.asarray(im, np.uint8)
-    except (OSError, ValueError, SyntaxError):
+    except unreadable_errors():
         return None
     return image[..., None] if image.ndim == 2 else image
 
@@ -280,13 +309,13 @@ def decode_split(listing: Listing, *, cache_dir: Path, max_bad_fraction: float,
 
 
 def _readable(path: str) -> bool:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
             im.size  # noqa: B018 (parses the header)
         return True
-    except (OSError, UnidentifiedImageError, ValueError):
+    except unreadable_errors():  # UnidentifiedImageError is an OSError
         return False
 
 

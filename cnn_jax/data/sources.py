@@ -188,11 +188,18 @@ def _synthetic(cfg: Any) -> Source:
 
 def _idx_source(cfg: Any, name: str, directory: str) -> Source:
     num_classes = len(CLASS_NAMES[name])
-    available = [s for s, (img, lab) in idx.IDX_FILES.items()
-                 if idx.find_file(directory, img) and idx.find_file(directory, lab)]
-    dims = {s: idx.read_dims(idx.find_file(directory, idx.IDX_FILES[s][0]), 3) for s in available}
+    # A split with one of its two files missing is listed (sized by the file that is there), so
+    # that using it names the missing file (idx.read_split) instead of "split does not exist".
+    available = [s for s, stems in idx.IDX_FILES.items()
+                 if any(idx.find_file(directory, stem) for stem in stems)]
+    dims = {}
+    for s in available:
+        img, lab = (idx.find_file(directory, stem) for stem in idx.IDX_FILES[s])
+        dims[s] = idx.read_dims(img, 3) if img else idx.read_dims(lab, 1)
     sizes = {s: d[0] for s, d in dims.items()}
-    files = [idx.find_file(directory, stem) for s in available for stem in idx.IDX_FILES[s]]
+    complete = [s for s in available if all(idx.find_file(directory, stem)
+                                            for stem in idx.IDX_FILES[s])]
+    files = [idx.find_file(directory, stem) for s in complete for stem in idx.IDX_FILES[s]]
 
     def load(split: str) -> tuple[np.ndarray, np.ndarray]:
         return idx.read_split(directory, split, num_classes)
@@ -334,6 +341,14 @@ def resolve_source(cfg: Any) -> Source:
             raise FileNotFoundError(
                 f"data.path={path!r} for data set {name!r} does not exist or is not a directory.")
         if name in IDX_NAMES and not _has_idx(path) and not _is_tree(path):
+            present = [stem for stems in idx.IDX_FILES.values() for stem in stems
+                       if idx.find_file(path, stem)]
+            if present:
+                missing = [stem for stem in idx.IDX_FILES["train"] if not idx.find_file(path, stem)]
+                raise FileNotFoundError(
+                    f"data.path={path!r} holds IDX file(s) of {name} ({', '.join(present)}) but "
+                    f"not {', '.join(f'{m}[.gz]' for m in missing)}: restore the missing file(s) "
+                    "(Fashion-MNIST: apt-get install --reinstall dataset-fashion-mnist).")
             raise FileNotFoundError(
                 f"data.path={path!r} holds neither the IDX files of {name} "
                 f"(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, ...) nor an image tree "
