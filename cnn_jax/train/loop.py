@@ -700,14 +700,17 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
 def load_image(path: str, shape: tuple[int, ...], mean: Any, std: Any) -> np.ndarray:
     """An image file as the model's input: resized to (H, W), channels matched, normalised."""
     from PIL import Image
+
+    from cnn_jax.data import image_tree
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Image file not found: {path}")
     h, w, c = shape
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+        with Image.open(path) as img:  # 16-bit PNGs scaled as in training, not clipped
+            img = image_tree.to_8bit(img).convert("L" if c == 1 else "RGB")
+            img = img.resize((w, h), Image.BILINEAR)
             x = np.asarray(img, np.float32) / 255.0
-    except OSError as e:
+    except image_tree.unreadable_errors() as e:  # a decompression bomb included
         raise ValueError(f"Cannot read image {path}: {e}") from None
     x = x.reshape(h, w, c)
     mean = np.zeros(c, np.float32) if mean is None else np.asarray(mean, np.float32)
