@@ -7,9 +7,8 @@ step (forward, softmax cross-entropy, backward, SGD-momentum update, BatchNorm s
 donated) and for inference, as the median over `--repeats` timed runs after a warm-up; the time
 to the first training step (state init + trace + compile or persistent-cache load + one run);
 compile time; and peak device memory where the backend reports it (`memory_stats()`, None on the
-CPU). The training step is the engine's `cnn_jax.train.steps.train_step` when that package
-imports (what users run), otherwise a self-contained equivalent (GPU images without
-ml_collections/clu). Only jax, flax, optax, numpy and absl are needed.
+CPU). The training step is the engine's `cnn_jax.train.steps.train_step` on the engine's
+`TrainState`, so the figures are those of the step that training runs.
 
 CPU speed knobs (see benchmarks/RESULTS.md): `--xla_flags` (default: `RECOMMENDED_CPU_XLA_FLAGS`,
 which only touch the XLA CPU compiler) and `--steps_per_dispatch` (lax.scan over k steps per call).
@@ -69,7 +68,6 @@ def define_flags() -> None:
                       "draws its batch from a uint8 split on the device with the data module's "
                       "on-device augmentation (crop+flip+normalise) fused into the jitted step.")
     flags.DEFINE_integer("data_examples", 50_000, "Split size for --data=on_device.")
-    flags.DEFINE_bool("engine_step", True, "Use the engine's train_step when it imports.")
     flags.DEFINE_multi_string("set", [], "Model field override KEY=VALUE (repeatable).")
     flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
 
@@ -89,7 +87,6 @@ class BenchConfig:
     repeats: int = 3
     mode: str = "both"
     steps_per_dispatch: int = 1
-    engine_step: bool = True
     data: str = "synthetic"
     data_examples: int = 50_000
     overrides: tuple[tuple[str, Any], ...] = ()
@@ -109,16 +106,6 @@ def apply_xla_flags(extra: str) -> str:
     if merged:
         os.environ["XLA_FLAGS"] = merged
     return merged
-
-
-def enable_cache(path: str) -> None:
-    """JAX's persistent compilation cache in `path`, for every compile however short."""
-    import jax
-
-    os.makedirs(path, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def _parse_value(text: str) -> Any:
@@ -161,56 +148,20 @@ def _check(cfg: BenchConfig) -> None:
                          f"--steps_per_dispatch={cfg.steps_per_dispatch}")
 
 
-def _standalone_step(apply_fn: Callable, tx: Any) -> Callable:
-    """train_step(state, batch) -> (state, metrics) without the engine: CE loss, BN update, SGD."""
+def _make_train(model: Any, input_shape: tuple[int, ...], num_classes: int
+                ) -> tuple[Callable[[], Any], Callable]:
+    """(init_fn, step(state, batch)): the engine's state and train step, SGD-momentum at 0.1."""
     import jax
     import optax
 
-    def step(state, batch):
-        def loss_fn(params):
-            logits, upd = apply_fn({"params": params, "batch_stats": state["batch_stats"]},
-                                   batch["image"], train=True, mutable=["batch_stats"])
-            if isinstance(logits, (tuple, list)):
-                logits = logits[0]
-            loss = optax.softmax_cross_entropy_with_integer_labels(
-                logits.astype("float32"), batch["label"]).mean()
-            return loss, upd.get("batch_stats", state["batch_stats"])
-
-        (loss, bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        return {"params": params, "batch_stats": bs, "opt_state": opt_state}, {"loss": loss}
-
-    return step
-
-
-def _make_train(model: Any, cfg: BenchConfig, input_shape: tuple[int, ...], num_classes: int
-                ) -> tuple[Callable[[], Any], Callable, str]:
-    """(init_fn, step(state, batch), which step) with the engine's step where possible."""
-    import jax
-    import optax
+    from cnn_jax.train.state import create_train_state
+    from cnn_jax.train.steps import StepConfig, train_step
 
     tx = optax.sgd(0.1, momentum=0.9)
-    if cfg.engine_step:
-        try:
-            from cnn_jax.train.state import create_train_state
-            from cnn_jax.train.steps import StepConfig, train_step
-        except ImportError:  # the engine's package needs ml_collections/clu/orbax
-            pass
-        else:
-            scfg = StepConfig(apply_fn=model.apply, tx=tx, schedule=optax.constant_schedule(0.1),
-                              num_classes=num_classes)
-            init = jax.jit(lambda: create_train_state(model, tx, 0, input_shape, ema=False))
-            return init, lambda s, b: train_step(s, b, scfg), "engine"
-
-    def init():
-        variables = model.init(jax.random.PRNGKey(0),
-                               jax.numpy.zeros((1, *input_shape), "float32"), train=False)
-        params = variables["params"]
-        return {"params": params, "batch_stats": variables.get("batch_stats", {}),
-                "opt_state": tx.init(params)}
-
-    return jax.jit(init), _standalone_step(model.apply, tx), "standalone"
+    scfg = StepConfig(apply_fn=model.apply, tx=tx, schedule=optax.constant_schedule(0.1),
+                      num_classes=num_classes)
+    init = jax.jit(lambda: create_train_state(model, tx, 0, input_shape, ema=False))
+    return init, lambda s, b: train_step(s, b, scfg)
 
 
 def _on_device_data(cfg: BenchConfig, input_shape: tuple[int, ...], num_classes: int
@@ -304,7 +255,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     state = None
     if cfg.mode in ("train", "both"):
         t_start = time.perf_counter()
-        init, step, impl = _make_train(model, cfg, input_shape, num_classes)
+        init, step = _make_train(model, input_shape, num_classes)
         state = init()
         arrays, batch_fn = None, None
         if cfg.data == "on_device":
@@ -312,9 +263,8 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
             batch = {"step": jnp.zeros((k,) if k > 1 else (), jnp.int32)}
 
         def one(s, b, split):
-            if batch_fn is not None:  # draw and augment the batch inside the jitted step
-                # The engine's state counts steps; the standalone state re-draws b["step"].
-                b = batch_fn(split, s.step if impl == "engine" else b["step"])
+            if batch_fn is not None:  # draw and augment the batch of step s.step in the step
+                b = batch_fn(split, s.step)
             return step(s, b)
 
         def many(s, b, split):
@@ -343,9 +293,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         loss = jax.device_get(metrics["loss"])
         rates = [cfg.batch * cfg.steps / t for t in walls]
         result.update({
-            "step_impl": impl,
-            "params": int(sum(x.size for x in jax.tree.leaves(state.params if impl == "engine"
-                                                               else state["params"]))),
+            "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
             "train_img_per_s": statistics.median(rates),
             "train_img_per_s_all": rates,
             "train_step_ms": 1e3 * statistics.median(walls) / cfg.steps,
@@ -357,11 +305,8 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
 
     if cfg.mode in ("infer", "both"):
         if state is None:
-            init, _, impl = _make_train(model, cfg, input_shape, num_classes)
-            state = init()
-        params, bs = ((state.params, state.batch_stats) if not isinstance(state, dict)
-                      else (state["params"], state["batch_stats"]))
-        variables = {"params": params, "batch_stats": bs}
+            state = _make_train(model, input_shape, num_classes)[0]()
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
         images = jax.random.normal(kx, (cfg.batch, *input_shape), jnp.float32) + 0.5
         infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
         t0 = time.perf_counter()
@@ -391,7 +336,7 @@ def format_table(r: dict[str, Any]) -> str:
         f"{r['model']}  batch {r['batch']}  input {'x'.join(map(str, r['input_shape']))}  "
         f"{r['dtype']}  on {r['backend']} ({r['device']}), jax {r['jax']}",
         f"  train:  {f('train_img_per_s', ',.1f')} img/s  ({f('train_step_ms', '.1f')} ms/step, "
-        f"{f('train_cpu_ms_per_step', '.0f')} CPU-ms/step, {r.get('step_impl', '-')} step, "
+        f"{f('train_cpu_ms_per_step', '.0f')} CPU-ms/step, engine step, "
         f"{r['steps_per_dispatch']} step(s)/dispatch)",
         f"  infer:  {f('infer_img_per_s', ',.1f')} img/s",
         f"  first step {f('first_step_s', '.2f')} s, train compile {f('train_compile_s', '.2f')} s,"
@@ -407,12 +352,14 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     apply_xla_flags(FLAGS.xla_flags)
     if FLAGS.cache_dir:
-        enable_cache(FLAGS.cache_dir)
+        from cnn_jax import files
+
+        files.enable_compilation_cache(FLAGS.cache_dir)
     cfg = BenchConfig(
         model=FLAGS.model, batch=FLAGS.batch, image_size=FLAGS.image_size,
         channels=FLAGS.channels, num_classes=FLAGS.num_classes, dtype=FLAGS.dtype,
         steps=FLAGS.steps, warmup=FLAGS.warmup, repeats=FLAGS.repeats, mode=FLAGS.mode,
-        steps_per_dispatch=FLAGS.steps_per_dispatch, engine_step=FLAGS.engine_step,
+        steps_per_dispatch=FLAGS.steps_per_dispatch,
         data=FLAGS.data, data_examples=FLAGS.data_examples,
         overrides=parse_overrides(FLAGS.set))
     try:

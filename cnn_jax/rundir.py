@@ -8,11 +8,11 @@ under a sweep, `sweep_status.json` and `sweep_log.txt`.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from pathlib import Path
 from typing import Any
+
+from cnn_jax import files
 
 SWEEP_FILE = "sweep.json"
 STATUS_FILE = "sweep_status.json"
@@ -23,21 +23,12 @@ CONFIG_FILE = "config.json"
 CONFIG_PREFIX = "config."  # a sweep axis that is a config field, not an experiment arg
 
 
-def read_json(path: Path) -> dict | None:
-    """The JSON object at `path`, or None when it is missing, torn or not an object."""
-    try:
-        obj = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
+read_json = files.read_json_object  # the object at `path`, None when missing, torn or not one
 
 
 def write_json(path: Path, obj: dict) -> None:
-    """Writes `obj` atomically (a reader never sees half a file)."""
-    path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Writes `obj` atomically (a reader never sees half a file), keys in their order."""
+    files.write_json(path, obj, sort_keys=False)
 
 
 def is_finished(run_dir: Path) -> bool:

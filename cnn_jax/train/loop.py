@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from cnn_jax import files
 from cnn_jax.train import checkpoint as ckpt
 from cnn_jax.train import metrics as metrics_lib
 from cnn_jax.train import optim, parallel, steps
@@ -60,16 +61,8 @@ def enable_compilation_cache(enabled: bool) -> str | None:
     """
     if not enabled:
         return None
-    path = os.path.expanduser(os.environ.get("CNN_JAX_CACHE") or "~/.cache/cnn_jax/jax_cache")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        logging.warning("Compilation cache disabled: cannot create %s (%s).", path, e)
-        return None
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return path
+    return files.enable_compilation_cache(
+        os.environ.get("CNN_JAX_CACHE") or "~/.cache/cnn_jax/jax_cache")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -411,7 +404,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     results_step<N>.json).
     """
     configure_jax(config)
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+    workdir = files.user_path(workdir)
     is_writer = jax.process_index() == 0
     run_start = time.time()
     setup = Setup(config)
@@ -677,7 +670,7 @@ def _restore_for_inference(config: ml_collections.ConfigDict, workdir: str
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Evaluates the newest checkpoint on config.data.eval_split; writes DIR/eval_metrics.json."""
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+    workdir = files.user_path(workdir)
     setup, state, step, _ = _restore_for_inference(config, workdir)
     split = config.data.eval_split
     m = evaluate(setup, state, split)
@@ -723,7 +716,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str, image_paths: list[s
     """Top-k classes with probabilities for each image file, from the newest checkpoint."""
     if not image_paths:
         raise ValueError("--mode=predict needs image files: --images=a.jpg,b.png")
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+    workdir = files.user_path(workdir)
     setup, state, step, _ = _restore_for_inference(config, workdir)
     info = setup.info
     if setup.config.data.get("normalize", "train_stats") == "none":
