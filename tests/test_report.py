@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cnn_jax import report, sweep
+from cnn_jax import report, rundir
 
 
 def _make_run(d: Path, train_acc: list[float], val_acc: list[float], *, finished=True,
@@ -31,7 +31,7 @@ def _make_run(d: Path, train_acc: list[float], val_acc: list[float], *, finished
             "best_val_top1": max(val_acc), "params": params, "macs": 5 * params,
             "wall_time_s": 12.0, "img_per_s": 321.0}))
     if failed_error:
-        (d / sweep.STATUS_FILE).write_text(json.dumps({"status": "failed",
+        (d / rundir.STATUS_FILE).write_text(json.dumps({"status": "failed",
                                                        "error": failed_error}))
 
 
@@ -39,13 +39,13 @@ def _make_sweep(root: Path) -> None:
     points = []
     accs = {(20, True): 0.9, (20, False): 0.88, (32, True): 0.92, (32, False): 0.85}
     for (depth, residual), acc in accs.items():
-        name = sweep.point_name({"depth": depth, "residual": residual})
+        name = rundir.point_name({"depth": depth, "residual": residual})
         failed = (depth, residual) == (32, False)
         _make_run(root / name, [acc - 0.2, acc], [acc - 0.25, acc - 0.05, acc - 0.07][:2],
                   finished=not failed, failed_error="FloatingPointError: nan loss" if failed
                   else None)
         points.append({"name": name, "axes": {"depth": depth, "residual": residual}})
-    (root / sweep.SWEEP_FILE).write_text(json.dumps({
+    (root / rundir.SWEEP_FILE).write_text(json.dumps({
         "config": "experiments/ablation_depth.py:runlocal", "overrides": [], "points": points}))
 
 
@@ -120,9 +120,9 @@ def test_without_a_plan_the_axes_are_the_differing_config_fields(tmp_path):
 
 def test_planned_points_without_a_directory_are_pending(tmp_path):
     _make_sweep(tmp_path)
-    plan = json.loads((tmp_path / sweep.SWEEP_FILE).read_text())
+    plan = json.loads((tmp_path / rundir.SWEEP_FILE).read_text())
     plan["points"].append({"name": "depth44_residual", "axes": {"depth": 44, "residual": True}})
-    (tmp_path / sweep.SWEEP_FILE).write_text(json.dumps(plan))
+    (tmp_path / rundir.SWEEP_FILE).write_text(json.dumps(plan))
     report.write_report(tmp_path)
     assert _csv(tmp_path / "summary.csv")["depth44_residual"]["status"] == "pending"
 
@@ -130,7 +130,7 @@ def test_planned_points_without_a_directory_are_pending(tmp_path):
 def test_report_on_a_directory_with_no_runs_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="no runs in"):
         report.write_report(tmp_path)
-    (tmp_path / sweep.SWEEP_FILE).write_text(json.dumps(
+    (tmp_path / rundir.SWEEP_FILE).write_text(json.dumps(
         {"config": "x.py", "points": [{"name": "a", "axes": {}}]}))
     with pytest.raises(FileNotFoundError, match="none has started"):
         report.write_report(tmp_path)

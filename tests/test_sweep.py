@@ -1,6 +1,6 @@
 """Sweep machinery: point naming, arg parsing, collisions, dry runs, failure recording, resuming.
 
-The runner tests use a stand-in launch script (fast, no training); tests/test_sweep_e2e.py runs
+The runner tests use a stand-in launcher script (fast, no training); tests/test_sweep_e2e.py runs
 the real engine.
 """
 
@@ -15,12 +15,15 @@ from pathlib import Path
 import pytest
 
 from cnn_jax import sweep
+from cnn_jax.sweep import execute
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the experiment files (and the ones written here) import experiments.*
+from experiments.common import parse_arg, product  # noqa: E402
 
 
 def test_product_names_points_from_their_axes():
-    points = sweep.product(depth=[20, 32], residual=[True, False])
+    points = product(depth=[20, 32], residual=[True, False])
     assert [n for n, _ in points] == [
         "depth20_residual", "depth20_noresidual", "depth32_residual", "depth32_noresidual"]
     assert points[1][1] == {"depth": 20, "residual": False}
@@ -34,27 +37,27 @@ def test_point_name_formats_strings_floats_and_config_fields():
 
 def test_product_rejects_a_string_axis():
     with pytest.raises(ValueError, match="list of values"):
-        sweep.product(norm="batch")
+        product(norm="batch")
 
 
 def test_parse_arg_types_values_by_their_defaults():
-    a = sweep.parse_arg("runlocal,depth=32,lr=0.5,norm=group,depths=20+44,residual=False",
+    a = parse_arg("runlocal,depth=32,lr=0.5,norm=group,depths=20+44,residual=False",
                         runlocal=False, depth=20, lr=0.1, norm="batch", depths=(20,),
                         residual=True)
     assert (a.runlocal, a.depth, a.lr, a.norm, a.depths, a.residual) == (
         True, 32, 0.5, "group", (20, 44), False)
-    assert sweep.parse_arg(None, depth=20).depth == 20
+    assert parse_arg(None, depth=20).depth == 20
 
 
 def test_parse_arg_errors_name_the_arg_and_a_close_match():
     with pytest.raises(ValueError, match=r"Unknown experiment arg 'dpeth'.*'depth'"):
-        sweep.parse_arg("dpeth=3", depth=20)
+        parse_arg("dpeth=3", depth=20)
     with pytest.raises(ValueError, match=r"depth='x'.*int"):
-        sweep.parse_arg("depth=x", depth=20)
+        parse_arg("depth=x", depth=20)
     with pytest.raises(ValueError, match="needs a value"):
-        sweep.parse_arg("depth", depth=20)
+        parse_arg("depth", depth=20)
     with pytest.raises(ValueError, match="True or False"):
-        sweep.parse_arg("residual=maybe", residual=True)
+        parse_arg("residual=maybe", residual=True)
 
 
 def _write_experiment(tmp_path: Path, body: str, name: str = "exp.py") -> str:
@@ -95,7 +98,7 @@ def test_override_of_a_sweep_axis_is_an_error(tmp_path):
                    parallel=1, overrides=[])
     exp = _write_experiment(tmp_path, """
         import ml_collections
-        from cnn_jax.sweep import product
+        from experiments.common import product
         def get_config():
             return ml_collections.ConfigDict({"seed": 0})
         def get_sweep():
@@ -118,8 +121,8 @@ def test_dry_run_prints_eight_distinct_launch_commands_for_ablation_depth(tmp_pa
     seen = set()
     for line in lines:
         argv = shlex.split(line)
-        assert argv[:2] == ["python", "launch.py"]
-        flags = dict(a.split("=", 1) for a in argv[2:])
+        assert argv[:3] == ["python", "-m", "cnn_jax"]
+        flags = dict(a.split("=", 1) for a in argv[3:])
         assert flags["--config.num_epochs"] == "3"
         config_args = dict(kv.split("=") for kv in flags["--config"].split(":", 1)[1].split(","))
         point = (int(config_args["depth"]), config_args["residual"])
@@ -156,7 +159,7 @@ def test_error_line_picks_the_exception_line():
     assert sweep.error_line("just this\n", 2) == "just this"
 
 
-# A stand-in for launch.py: writes a finished run unless the point's arg says fail.
+# A stand-in for `python -m cnn_jax`: writes a finished run unless the point's arg says fail.
 FAKE_LAUNCH = """
 import json, os, sys
 flags = dict(a[2:].split("=", 1) for a in sys.argv[1:])
@@ -196,14 +199,14 @@ json.dump({"status": "finished", "step": 2, "epochs": 2.0,
 def fake_launch(tmp_path, monkeypatch):
     script = tmp_path / "fake_launch.py"
     script.write_text(FAKE_LAUNCH)
-    monkeypatch.setattr(sweep, "launch_script", lambda must_exist=True: script)
+    monkeypatch.setattr(execute, "launcher", lambda: [sys.executable, str(script)])
     return script
 
 
 def test_failed_point_is_recorded_and_the_sweep_goes_on(tmp_path, fake_launch):
     exp = _write_experiment(tmp_path, """
         import ml_collections
-        from cnn_jax.sweep import parse_arg, product
+        from experiments.common import parse_arg, product
         def get_config(arg=None):
             return ml_collections.ConfigDict({"seed": 0})
         def get_sweep(arg=None):
@@ -242,7 +245,7 @@ def test_failed_point_is_recorded_and_the_sweep_goes_on(tmp_path, fake_launch):
 def test_dry_run_commands_run_as_printed(tmp_path, fake_launch, capsys):
     """The printed commands are complete: running one (with the stand-in) trains that point."""
     exp = _write_experiment(tmp_path, """
-        from cnn_jax.sweep import product
+        from experiments.common import product
         def get_sweep():
             return product(mode=["ok"], **{"config.seed": [3]})
         def get_config(arg=None):
@@ -252,10 +255,10 @@ def test_dry_run_commands_run_as_printed(tmp_path, fake_launch, capsys):
     sweep.main(exp, str(tmp_path / "s"), dry_run=True, parallel=1, overrides=[])
     (line,) = capsys.readouterr().out.splitlines()
     argv = shlex.split(line)
-    assert "--config.seed=3" in argv and argv[2].endswith(":mode=ok")
+    assert "--config.seed=3" in argv and argv[3].endswith(":mode=ok")
     import subprocess
 
-    subprocess.run([sys.executable, str(fake_launch), *argv[2:]], check=True)
+    subprocess.run([sys.executable, str(fake_launch), *argv[3:]], check=True)
     assert sweep.is_finished(tmp_path / "s" / "mode-ok_seed3")
 
 
@@ -268,7 +271,7 @@ def test_launch_py_sweep_dry_run_prints_eight_commands(tmp_path):
          f"--workdir={tmp_path}", "--sweep_dry_run", "--config.seed=7"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("python launch.py")]
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("python -m cnn_jax ")]
     assert len(lines) == 8 and len(set(lines)) == 8
     assert all("--config.seed=7" in ln and ":runlocal,depth=" in ln for ln in lines)
 
@@ -290,7 +293,7 @@ def test_sigterm_reaches_the_running_point_and_starts_no_other(tmp_path, fake_la
 
     exp = _write_experiment(tmp_path, """
         import ml_collections
-        from cnn_jax.sweep import product
+        from experiments.common import product
         def get_config(arg=None):
             return ml_collections.ConfigDict({"seed": 0})
         def get_sweep():

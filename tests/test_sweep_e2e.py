@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cnn_jax import sweep
+from cnn_jax import rundir
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = "--config=experiments/mlp_vs_cnn_cifar10.py:runlocal,data=synthetic,cnn=lenet5"
@@ -39,7 +39,7 @@ def test_runlocal_sweep_runs_end_to_end_and_writes_the_report(tmp_path):
                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for point in ("mlp", "cnn"):
-        assert sweep.is_finished(workdir / point)
+        assert rundir.is_finished(workdir / point)
         config = json.loads((workdir / point / "config.json").read_text())
         assert config["model"]["name"] == ("mlp" if point == "mlp" else "lenet5")
     rows = {r["point"]: r for r in csv.DictReader(open(workdir / "summary.csv"))}
@@ -94,7 +94,7 @@ def test_killed_sweep_reruns_only_the_missing_points(tmp_path):
         # Kill the whole sweep (its process group: the sweep and the running point) as soon as
         # the first point has finished and the second has a checkpoint but no results.
         while time.time() < deadline and first.poll() is None:
-            if sweep.is_finished(workdir / "mlp") and _complete_checkpoints(workdir / "cnn"):
+            if rundir.is_finished(workdir / "mlp") and _complete_checkpoints(workdir / "cnn"):
                 break
             time.sleep(0.02)
         assert first.poll() is None, "the sweep ended before it could be killed"
@@ -104,8 +104,8 @@ def test_killed_sweep_reruns_only_the_missing_points(tmp_path):
             os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=60)
         log.close()
-    assert sweep.is_finished(workdir / "mlp")
-    assert not sweep.is_finished(workdir / "cnn"), "cnn finished before the kill"
+    assert rundir.is_finished(workdir / "mlp")
+    assert not rundir.is_finished(workdir / "cnn"), "cnn finished before the kill"
     killed_at = _complete_checkpoints(workdir / "cnn")[-1]
     finished = {f: (workdir / "mlp" / f).stat().st_mtime_ns
                 for f in ("results.json", "metrics.jsonl", "config.json")}
@@ -117,11 +117,11 @@ def test_killed_sweep_reruns_only_the_missing_points(tmp_path):
     assert "1 of 2 points to run" in second.stdout
     # The finished point was not touched; the killed one resumed from its checkpoint and finished.
     assert finished == {f: (workdir / "mlp" / f).stat().st_mtime_ns for f in finished}
-    assert (workdir / "mlp" / sweep.LOG_FILE).read_text().count("\n=== ") == 1
-    cnn_log = (workdir / "cnn" / sweep.LOG_FILE).read_text()
+    assert (workdir / "mlp" / rundir.LOG_FILE).read_text().count("\n=== ") == 1
+    cnn_log = (workdir / "cnn" / rundir.LOG_FILE).read_text()
     assert cnn_log.count("\n=== ") == 2
     assert f"Resuming from checkpoint step {killed_at}" in cnn_log.split("\n=== ")[-1]
-    assert sweep.is_finished(workdir / "cnn")
+    assert rundir.is_finished(workdir / "cnn")
     assert json.loads((workdir / "cnn" / "results.json").read_text())["step"] == 150
     rows = {r["point"]: r for r in csv.DictReader(open(workdir / "summary.csv"))}
     assert [rows[p]["status"] for p in ("mlp", "cnn")] == ["finished", "finished"]

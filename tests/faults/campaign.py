@@ -184,12 +184,13 @@ def _install_hooks(hooks: dict) -> None:
 
         gpath._GPath.open = full_disk_open
     if hooks.get("fork_points"):
-        from cnn_jax import sweep
-        sweep.subprocess = _ForkingSubprocess()
+        from cnn_jax.sweep import point
+        point.subprocess = _ForkingSubprocess()
 
 
-_LAUNCH_FLAGS = ("config", "workdir", "mode", "force", "images", "multihost", "coordinator_address",
-                 "num_processes", "process_id", "sweep", "sweep_dry_run", "sweep_parallel")
+_LAUNCH_FLAGS = ("config", "workdir", "mode", "force", "extend", "images", "multihost",
+                 "coordinator_address", "num_processes", "process_id", "sweep", "sweep_dry_run",
+                 "sweep_parallel")
 
 
 class _ForkedPopen:
@@ -218,7 +219,7 @@ class _ForkedPopen:
                     if name in flags.FLAGS:
                         delattr(flags.FLAGS, name)
                 flags.FLAGS.unparse_flags()
-                code = _run_launch(list(argv[2:]))
+                code = _run_launch(list(argv[_launcher_len(argv):]))
             finally:
                 os._exit(code)
 
@@ -258,8 +259,7 @@ class _ForkingSubprocess:
 
     @staticmethod
     def _is_launch(argv) -> bool:
-        return (isinstance(argv, (list, tuple)) and len(argv) >= 2
-                and Path(str(argv[1])).resolve() == LAUNCH)
+        return isinstance(argv, (list, tuple)) and _launcher_len(argv) > 0
 
     def Popen(self, argv, **kwargs):  # noqa: N802 - the subprocess API
         if self._is_launch(argv):
@@ -271,6 +271,17 @@ class _ForkingSubprocess:
             proc = _ForkedPopen(argv, **kwargs)
             return subprocess.CompletedProcess(argv, proc.wait())
         return subprocess.run(argv, **kwargs)
+
+
+def _launcher_len(argv) -> int:
+    """How many leading items of `argv` start a run: 3 for `python -m cnn_jax` (how a sweep
+    starts its points), 2 for `python launch.py`, 0 for anything else."""
+    argv = [str(a) for a in argv]
+    if argv[1:3] == ["-m", "cnn_jax"]:
+        return 3
+    if len(argv) >= 2 and Path(argv[1]).resolve() == LAUNCH:
+        return 2
+    return 0
 
 
 def _run_launch(args: list[str]) -> int:

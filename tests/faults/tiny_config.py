@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from cnn_jax.sweep import parse_arg
+from experiments.common import parse_arg
 from experiments.default import get_default_config
 
 

@@ -1,0 +1,61 @@
+"""`python -m cnn_jax.report DIR [--filters] [--feature_maps IMG] [--group_by AXIS]`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from cnn_jax.report import find_runs, plot_feature_maps, plot_filters, write_report
+
+
+def cli() -> None:
+    """`python -m cnn_jax.report DIR [...]`; flags are defined here so importing stays side-free."""
+    from absl import app, flags
+
+    flags.DEFINE_bool("filters", False, "Also draw the first conv layer's kernels of each run's "
+                      "newest checkpoint (filters.png in the run directory).")
+    flags.DEFINE_string("feature_maps", None, "Image file: also draw the first layers' "
+                        "activations for it (feature_maps.png in each run directory).")
+    flags.DEFINE_string("group_by", None, "Axis that splits the curves into one figure per "
+                        "value (default: a bool axis such as residual, else the smallest "
+                        "categorical one).")
+    flags.DEFINE_integer("num_layers", 4, "--feature_maps: how many of the first layers to draw.")
+    flags.DEFINE_integer("max_maps", 16, "--feature_maps: channels drawn per layer.")
+    FLAGS = flags.FLAGS  # noqa: N806 (absl's convention)
+
+    def main(argv: Sequence[str]) -> None:
+        if len(argv) != 2:
+            raise app.UsageError("usage: python -m cnn_jax.report DIR [--filters] "
+                                 "[--feature_maps IMAGE] [--group_by AXIS]")
+        try:
+            written = _cli_report(argv[1], FLAGS)
+        except (FileNotFoundError, ValueError) as e:
+            sys.exit(f"ERROR: {e}")
+        for path in written:
+            print(path)
+
+    app.run(main)
+
+
+def _cli_report(directory: str, FLAGS) -> list[Path]:  # noqa: N803
+    written = write_report(directory, group_by=FLAGS.group_by)
+    if FLAGS.filters or FLAGS.feature_maps:
+        runs = find_runs(directory)
+        for run in runs:
+            try:
+                if FLAGS.filters:
+                    written.append(plot_filters(run.path))
+                if FLAGS.feature_maps:
+                    written.append(plot_feature_maps(run.path, FLAGS.feature_maps,
+                                                     FLAGS.num_layers, FLAGS.max_maps))
+            except (FileNotFoundError, ValueError) as e:
+                if len(runs) == 1:
+                    raise
+                print(f"{run.name}: no filters/feature maps: {e}")  # e.g. an MLP point
+    return written
+
+
+
+if __name__ == "__main__":
+    cli()

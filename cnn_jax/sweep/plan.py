@@ -1,0 +1,190 @@
+"""Planning a sweep: an experiment file's points, checked, and the command that trains each one.
+
+A point is `(name, overrides)`. How an override reaches the point's command:
+
+- a key without a `config.` prefix is an experiment ARG: it is appended to the `:ARGS` part of
+  `--config=experiments/X.py:ARGS`, so the file's `get_config(arg)` sees it (e.g. `depth=20`);
+- a key with the `config.` prefix is a config field: it becomes `--config.a.b=V` on the command line.
+
+Every point is an ordinary `python -m cnn_jax` command (what `--sweep_dry_run` prints).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from cnn_jax.rundir import CONFIG_PREFIX, format_value, point_name, split_arg
+
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
+ENTRY_POINT = ("-m", "cnn_jax")  # the library's launcher: `python -m cnn_jax --config=...`
+
+Point = tuple[str, dict[str, Any]]
+
+
+def check_points(points: Sequence[Any]) -> list[Point]:
+    """Validates get_sweep()'s output: (name, dict) pairs or dicts, names unique and path-safe."""
+    checked: list[Point] = []
+    for i, item in enumerate(points):
+        if isinstance(item, dict):
+            name, overrides = point_name(item), dict(item)
+        elif isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], dict):
+            name, overrides = str(item[0]), dict(item[1])
+        else:
+            raise ValueError(
+                f"sweep point #{i} is {item!r}; get_sweep() must return (name, overrides dict) "
+                "pairs or dicts, e.g. product(depth=[20, 32])")
+        if not _NAME_OK.match(name) or name in (".", ".."):
+            raise ValueError(
+                f"sweep point name {name!r} cannot be a directory name: use letters, digits "
+                "and ._+=- (no '/', spaces, or a leading dot)")
+        checked.append((name, overrides))
+    if not checked:
+        raise ValueError("get_sweep() returned no points")
+    seen: dict[str, str] = {}
+    collisions = []
+    for name, _ in checked:
+        key = name.lower()  # case-insensitive file systems would merge these directories
+        if key in seen:
+            collisions.append(f"{seen[key]!r} and {name!r}")
+        seen.setdefault(key, name)
+    if collisions:
+        raise ValueError(
+            "sweep points collide in name (they would share a run directory): "
+            + "; ".join(collisions) + ". Give them distinct names in get_sweep().")
+    return checked
+
+
+def split_config_arg(config_arg: str) -> tuple[str, str]:
+    """'experiments/x.py:runlocal' -> ('experiments/x.py', 'runlocal')."""
+    path, _, arg = config_arg.partition(":")
+    return path, arg
+
+
+def experiment_root(path: str) -> str:
+    """The folder above the experiment file's folder (experiment files import `experiments.*`)."""
+    return str(Path(path).resolve().parent.parent)
+
+
+def load_experiment(path: str):
+    """Imports an experiment file by path (like ml_collections.config_flags does)."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"experiment file {path!r} not found (cwd {os.getcwd()})")
+    root = experiment_root(path)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    spec = importlib.util.spec_from_file_location(f"_sweep_experiment_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def call_with_arg(module, name: str, path: str, arg: str):
+    """module.NAME(arg), or module.NAME() when it takes no arg (then `arg` must be empty)."""
+    fn = getattr(module, name)
+    if inspect.signature(fn).parameters:
+        return fn(arg)
+    if arg:
+        raise ValueError(f"{path}: {name}() takes no arg but {arg!r} was given")
+    return fn()
+
+
+def get_points(config_arg: str) -> list[Point]:
+    """Calls the experiment's get_sweep(arg) and validates the points."""
+    path, arg = split_config_arg(config_arg)
+    module = load_experiment(path)
+    if getattr(module, "get_sweep", None) is None:
+        raise ValueError(
+            f"{path} defines no get_sweep(), so it is not a sweep: drop --sweep to train it "
+            "once, or pick a sweep file (one that defines get_sweep()).")
+    return check_points(call_with_arg(module, "get_sweep", path, arg))
+
+
+def merge_args(base: str, point_args: dict[str, Any], name: str) -> str:
+    """The `:ARGS` of a point: the command line's base args plus the point's experiment args."""
+    base_keys = {k for k, _ in split_arg(base)}
+    clash = sorted(base_keys & set(point_args))
+    if clash:
+        raise ValueError(
+            f"sweep point {name!r} sets experiment arg(s) {clash} that the --config arg {base!r} "
+            "also sets; a sweep axis cannot be fixed from the command line (restrict the sweep "
+            "through get_sweep's own args instead)")
+    extra = [f"{k}={format_value(v)}" for k, v in point_args.items()]
+    bad = [e for e in extra if "," in e or e.count("=") != 1]
+    if bad:
+        raise ValueError(
+            f"sweep point {name!r}: experiment arg(s) {bad} cannot pass through "
+            "'--config=FILE:k=v,...' (no ',' or '=' in keys or values); use a config.FIELD key")
+    return ",".join([p for p in base.split(",") if p.strip()] + extra)
+
+
+def override_key(flag: str) -> str:
+    key = flag.lstrip("-").split("=", 1)[0]
+    return key[2:] if key.startswith("noconfig.") else key
+
+
+def point_command(config_arg: str, workdir: str, name: str, overrides: dict[str, Any],
+                  extra_flags: Sequence[str] = ()) -> list[str]:
+    """The launcher flags (without `python -m cnn_jax`) that train one point."""
+    path, base = split_config_arg(config_arg)
+    args = {k: v for k, v in overrides.items() if not k.startswith(CONFIG_PREFIX)}
+    fields = {k: v for k, v in overrides.items() if k.startswith(CONFIG_PREFIX)}
+    arg = merge_args(base, args, name)
+    flags = [f"--{k}={format_value(v) if not isinstance(v, tuple) else repr(v)}"
+             for k, v in fields.items()]
+    clash = sorted({override_key(f) for f in extra_flags} & {override_key(f) for f in flags})
+    if clash:
+        raise ValueError(
+            f"command-line override(s) {clash} would overwrite sweep axis of point {name!r}; "
+            "drop them or change get_sweep()")
+    return [f"--config={path}:{arg}" if arg else f"--config={path}",
+            f"--workdir={os.path.join(workdir, name)}", *flags, *extra_flags]
+
+
+def preflight(config_arg: str, points: Sequence[Point], overrides: Sequence[str],
+              check_data: bool) -> None:
+    """Builds every point's config once, so a bad arg or missing data fails before anything runs."""
+    path, base = split_config_arg(config_arg)
+    module = load_experiment(path)
+    if getattr(module, "get_config", None) is None:
+        raise ValueError(f"{path} defines get_sweep() but no get_config(arg)")
+    path_overridden = any(override_key(f) == "config.data.path" for f in overrides)
+    for name, ov in points:
+        args = {k: v for k, v in ov.items() if not k.startswith(CONFIG_PREFIX)}
+        arg = merge_args(base, args, name)
+        try:
+            config = call_with_arg(module, "get_config", path, arg)
+        except Exception as e:
+            raise ValueError(f"sweep point {name!r}: {path}:get_config({arg!r}) failed: {e}") from e
+        data = config.get("data", {})
+        data_path = data.get("path", "") if hasattr(data, "get") else ""
+        if (check_data and data_path and not path_overridden and data.get("name") != "synthetic"
+                and not os.path.exists(os.path.expanduser(data_path))):
+            hint = getattr(module, "DATA_HINT", "") or "set --config.data.path=DIR"
+            raise FileNotFoundError(
+                f"sweep point {name!r}: data.path {data_path!r} does not exist. {hint}")
+
+
+def launcher() -> list[str]:
+    """The interpreter command that starts a point (followed by its flags)."""
+    return [sys.executable, *ENTRY_POINT]
+
+
+def display_command(flags: Sequence[str]) -> str:
+    """A point's command as printed (dry run, sweep.json): runnable from where the sweep ran."""
+    return shlex.join(["python", *ENTRY_POINT, *flags])
+
+
+def point_env(config_arg: str) -> dict[str, str]:
+    """The environment of a point's process: this one, with the experiment files importable."""
+    env = dict(os.environ)
+    root = experiment_root(split_config_arg(config_arg)[0])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env

@@ -1,0 +1,199 @@
+"""Sweep points as SLURM jobs, through submitit (one job per point, a job array per sweep).
+
+Resources come from the experiment file's optional `get_slurm(arg) -> dict` and the launcher's
+`--slurm_*` flags (the flags win). Keys:
+
+    partition     str   the SLURM partition
+    nodes         int   nodes per point (default 1); above 1 the point's processes, one per
+                        node, run with --multihost, and jax.distributed.initialize() reads the
+                        coordinator, process count and rank from SLURM's environment
+    gpus_per_node int   GPUs per node (default 0)
+    cpus_per_task int   CPU cores per process (default 1 per GPU, else 1)
+    time_min      int   time limit in minutes (default 240)
+    mem_gb        int   memory per node in GB (default: the partition's)
+    sbatch        list  extra `#SBATCH` lines, e.g. ["--account=abc", "--qos=high"]
+    setup         list  shell lines run before the point (e.g. "module load cuda")
+
+The job runs the same point command as a local sweep (`python -m cnn_jax ...`) in a child
+process, with the same `sweep_log.txt` and `sweep_status.json`, so resuming (re-run the sweep:
+finished points are skipped, the others resume from their checkpoints) and the report are as for
+local sweeps. A job that SLURM stops (time limit, preemption) sends the run SIGTERM: it
+checkpoints and stops, and the next run of the sweep resumes it. submitit's files (the sbatch
+scripts and the jobs' own logs) go to `DIR/.submitit/`.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from cnn_jax import rundir
+from cnn_jax.sweep import plan as plan_lib
+from cnn_jax.sweep.point import Children, echo_status, error_line, run_point
+
+DEFAULTS: dict[str, Any] = {"partition": "", "nodes": 1, "gpus_per_node": 0, "cpus_per_task": 0,
+                            "time_min": 240, "mem_gb": 0, "sbatch": [], "setup": []}
+SUBMITIT_DIR = ".submitit"
+
+
+def settings(config_arg: str, flags: dict[str, Any]) -> dict[str, Any]:
+    """The sweep's SLURM settings: DEFAULTS, then get_slurm(arg), then the non-empty flags."""
+    path, arg = plan_lib.split_config_arg(config_arg)
+    module = plan_lib.load_experiment(path)
+    out = dict(DEFAULTS)
+    if getattr(module, "get_slurm", None) is not None:
+        own = plan_lib.call_with_arg(module, "get_slurm", path, arg)
+        _check(own, f"{path}: get_slurm()")
+        out.update(own)
+    given = {k: v for k, v in flags.items() if v not in (None, "", [], ())}
+    _check(given, "--slurm_* flags")
+    out.update(given)
+    for key in ("nodes", "time_min"):
+        if int(out[key]) < 1:
+            raise ValueError(f"SLURM {key}={out[key]!r}: give 1 or more")
+    out["sbatch"] = [str(s) for s in out["sbatch"]]
+    out["setup"] = [str(s) for s in out["setup"]]
+    return out
+
+
+def _check(values: dict[str, Any], where: str) -> None:
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} returned {values!r}; give a dict, e.g. "
+                         "{'partition': 'gpu', 'gpus_per_node': 8, 'time_min': 600}")
+    unknown = sorted(set(values) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"{where}: unknown SLURM setting(s) {unknown}; valid: "
+                         f"{', '.join(DEFAULTS)}")
+    for key in ("sbatch", "setup"):
+        if key in values and isinstance(values[key], str):
+            raise ValueError(f"{where}: {key} must be a list of lines, not the string "
+                             f"{values[key]!r}")
+
+
+def check_cluster(cluster: str = "slurm") -> None:
+    """Fails clearly when SLURM's commands are not on PATH (submitit needs sbatch and srun)."""
+    missing = [c for c in ("sbatch", "srun") if cluster == "slurm" and shutil.which(c) is None]
+    if missing:
+        raise FileNotFoundError(
+            f"--sweep_executor=slurm: {' and '.join(missing)} not found on PATH; run the sweep "
+            "on a SLURM login node, or use --sweep_executor=local (or --sweep_dry_run to print "
+            "the commands)")
+
+
+def sbatch_parameters(lines: Sequence[str]) -> dict[str, Any]:
+    """['--account=abc', '#SBATCH --qos high', '--exclusive'] -> {'account': 'abc', ...}."""
+    out: dict[str, Any] = {}
+    for line in lines:
+        text = line.strip().removeprefix("#SBATCH").strip()
+        if not text.startswith("--"):
+            raise ValueError(f"sbatch line {line!r}: give a long option, e.g. --account=abc")
+        key, sep, value = text[2:].partition("=")
+        if not sep:
+            key, _, value = key.partition(" ")
+        out[key.strip().replace("-", "_")] = value.strip() or True
+    return out
+
+
+def make_executor(folder: Path, s: dict[str, Any], parallel: int, name: str,
+                  cluster: str = "slurm"):
+    """A submitit executor for the settings `s` (cluster "local" runs the jobs on this host)."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    params: dict[str, Any] = {
+        "name": name, "timeout_min": int(s["time_min"]), "nodes": int(s["nodes"]),
+        "tasks_per_node": 1,  # one process per node; it drives all the node's GPUs
+        "cpus_per_task": int(s["cpus_per_task"]) or max(1, int(s["gpus_per_node"])),
+    }
+    if s["gpus_per_node"]:
+        params["gpus_per_node"] = int(s["gpus_per_node"])
+    if s["mem_gb"]:
+        params["mem_gb"] = int(s["mem_gb"])
+    if cluster == "slurm":
+        params["slurm_array_parallelism"] = parallel
+        if s["partition"]:
+            params["slurm_partition"] = s["partition"]
+        if s["sbatch"]:
+            params["slurm_additional_parameters"] = sbatch_parameters(s["sbatch"])
+        if s["setup"]:
+            params["slurm_setup"] = list(s["setup"])
+    executor.update_parameters(**params)
+    return executor
+
+
+class PointJob:
+    """What a job runs: the point's command, as a local sweep would (rank 0 keeps the log and the
+    status; on a multi-node job every other rank runs the same command beside it)."""
+
+    def __init__(self, argv: list[str], run_dir: str, env: dict[str, str]):
+        self.argv, self.run_dir, self.env = argv, run_dir, env
+
+    def __call__(self) -> dict:
+        import submitit
+
+        try:
+            rank = submitit.JobEnvironment().global_rank
+        except RuntimeError:  # not inside a submitit job (called directly)
+            rank = 0
+        run_dir = Path(self.run_dir)
+        if rank == 0:
+            return run_point(self.argv, run_dir, self.env, Children())
+        with open(run_dir / f"sweep_log.rank{rank}.txt", "a") as log:
+            code = subprocess.call(self.argv, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, env=self.env)
+        return {"status": "finished" if code == 0 else "failed", "rank": rank}
+
+
+def submit(todo: Sequence[str], commands: dict[str, list[str]], root: Path, parallel: int,
+           env: dict[str, str], s: dict[str, Any], cluster: str = "slurm") -> dict[str, Any]:
+    """Submits one job per point (a job array); records each job id in the point's status."""
+    executor = make_executor(root / SUBMITIT_DIR, s, parallel, name=f"sweep-{root.name}",
+                             cluster=cluster)
+    jobs = []
+    with executor.batch():
+        for name in todo:
+            (root / name).mkdir(parents=True, exist_ok=True)
+            argv = [*plan_lib.launcher(), *commands[name]]
+            jobs.append((name, executor.submit(PointJob(argv, str(root / name), env))))
+    out = {}
+    for name, job in jobs:
+        rundir.write_json(root / name / rundir.STATUS_FILE, {
+            "status": "submitted", "job_id": str(job.job_id),
+            "command": shlex.join([*plan_lib.launcher(), *commands[name]])})
+        out[name] = job
+    return out
+
+
+def wait(jobs: dict[str, Any], root: Path, echo: Callable[[str], None]) -> dict[str, dict]:
+    """Waits for every job; a job that died without recording its end (killed by SLURM, a node
+    failure) is recorded as failed with submitit's reason."""
+    statuses: dict[str, dict] = {}
+    for name, job in jobs.items():
+        try:
+            status = job.result()
+        except Exception as e:  # noqa: BLE001 - the job's failure becomes the point's status
+            lines = [ln for ln in str(e).splitlines() if ln.strip()]
+            line = error_line("\n".join(lines[-20:])) if lines else type(e).__name__
+            status = {"status": "failed", "error": f"job {job.job_id}: {line}",
+                      "job_id": str(job.job_id)}
+            recorded = rundir.read_status(root / name) or {}
+            if recorded.get("status") in (None, "submitted", "running"):
+                rundir.write_json(root / name / rundir.STATUS_FILE, status)
+        echo_status(echo, name, status, root / name)
+        statuses[name] = status
+    return statuses
+
+
+def run_jobs(todo: Sequence[str], commands: dict[str, list[str]], root: Path, parallel: int,
+             env: dict[str, str], s: dict[str, Any], echo: Callable[[str], None],
+             cluster: str = "slurm") -> tuple[dict[str, dict], bool]:
+    """Submits one job per point, then waits for them all (see `wait`)."""
+    if not todo:
+        return {}, False
+    jobs = submit(todo, commands, root, parallel, env, s, cluster=cluster)
+    echo(f"submitted {len(jobs)} job(s): " + ", ".join(f"{n}={j.job_id}" for n, j in jobs.items())
+         + f"; submitit files in {root / SUBMITIT_DIR}")
+    return wait(jobs, root, echo), False
