@@ -9,7 +9,6 @@ and nothing else in the user's data directory is touched.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 import warnings

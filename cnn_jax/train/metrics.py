@@ -10,6 +10,8 @@ from typing import Any
 
 from absl import logging
 
+from cnn_jax import files
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_SUBDIR = "tensorboard"
 
@@ -39,10 +41,7 @@ def truncate_jsonl(path: str, last_step: int) -> int:
                 continue
             if isinstance(record, dict) and record.get("step", math.inf) <= last_step:
                 kept.append(json.dumps(record, sort_keys=True))
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.writelines(line + "\n" for line in kept)
-    os.replace(tmp, path)
+    files.write_text(path, "".join(line + "\n" for line in kept))
     return len(kept)
 
 
