@@ -2,8 +2,8 @@
 
 A cache lives in `<data dir>/.cnn_jax_cache/` when that is writable, else in
 `~/.cache/cnn_jax/<hash of the data dir>/`; `data.cache_dir` overrides both. Every write goes to a
-temporary file in the same directory followed by `os.replace`, so a reader never sees half a file
-and nothing else in the user's data directory is touched.
+temporary file in the same directory followed by `os.replace` (`cnn_jax.files`), so a reader never
+sees half a file and nothing else in the user's data directory is touched.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+
+from cnn_jax import files
 
 CACHE_SUBDIR = ".cnn_jax_cache"
 
@@ -76,48 +78,19 @@ def file_fingerprint(paths: Iterable[str | os.PathLike]) -> str:
     return fingerprint(_entries())
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; caches beside shared data must be readable
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_json(path: Path, obj: Any) -> None:
     """Writes `obj` as JSON atomically."""
-    _atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=False).encode())
+    files.write_json(path, obj, indent=1, newline=False, allow_nan=False)
 
 
 def read_json(path: Path) -> Any | None:
     """Reads a JSON cache file; None when absent or unreadable (a broken cache is recomputed)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return files.read_json(path)
 
 
 def write_arrays(path: Path, **arrays: np.ndarray) -> None:
     """Writes arrays as an uncompressed .npz atomically (temp file + os.replace)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    files.atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def read_arrays(path: Path) -> dict[str, np.ndarray] | None:
