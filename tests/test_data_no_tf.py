@@ -107,13 +107,13 @@ def test_metrics_module_imports_without_clu():
     assert out.stdout.split() == ["ok", "False", "False"]
 
 
-def test_metrics_without_clu_go_to_jsonl_only(tmp_path, monkeypatch):
+def test_metrics_without_tensorboard_go_to_jsonl_only(tmp_path, monkeypatch):
     import json
 
     from cnn_jax.train import metrics
 
-    _block_imports(monkeypatch, "clu")
-    logger = metrics.MetricsLogger(str(tmp_path))
+    _block_imports(monkeypatch, "tensorboard")
+    logger = metrics.MetricsLogger(str(tmp_path), hparams={"seed": 0})
     logger.write({"step": 1, "split": "train", "loss": 0.5})
     logger.write({"step": 2, "split": "train", "loss": 0.25})
     logger.close()

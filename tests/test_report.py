@@ -226,3 +226,95 @@ def test_cli_writes_the_report_and_fails_clearly_without_runs(tmp_path):
     printed = {Path(line).name for line in ok.stdout.split()}
     assert {"summary.csv", "summary.md", "curves_depth20.png", "curves_depth32.png",
             "error_vs_depth.png"} <= printed
+
+
+@pytest.fixture
+def legends(monkeypatch):
+    """{png name: legend texts} of every figure the report saves."""
+    import matplotlib.figure
+
+    seen = {}
+    original = matplotlib.figure.Figure.savefig
+
+    def savefig(self, fname, *args, **kwargs):
+        seen[Path(fname).name] = [t.get_text() for ax in self.axes if ax.get_legend()
+                                  for t in ax.get_legend().get_texts()]
+        return original(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    return seen
+
+
+def _make_seed_sweep(root: Path, fail: str | None = None) -> None:
+    """depth {20, 56} x residual False x seeds {0, 1}: val accuracy 0.8/0.7 + 0.02 * seed."""
+    points = []
+    for depth, base in ((20, 0.8), (56, 0.7)):
+        for seed in (0, 1):
+            name = rundir.point_name({"depth": depth, "residual": False}) + f"_seed{seed}"
+            acc = base + 0.02 * seed
+            _make_run(root / name, [acc - 0.1, acc], [acc - 0.2, acc], finished=name != fail,
+                      failed_error="FloatingPointError: loss is nan at step 7" if name == fail
+                      else None)
+            points.append({"name": name, "axes": {"depth": depth, "residual": False,
+                                                  "seed": seed}})
+    (root / rundir.SWEEP_FILE).write_text(json.dumps({"config": "x.py", "points": points}))
+
+
+def test_seeds_are_averaged_into_mean_and_std_columns_and_one_curve(tmp_path, legends):
+    _make_seed_sweep(tmp_path)
+    report.write_report(tmp_path)
+    rows = _csv(tmp_path / "summary.csv")
+    a, b = rows["depth20_noresidual_seed0"], rows["depth20_noresidual_seed1"]
+    assert a["group"] == b["group"] == "depth20_noresidual"
+    assert a["n_seeds"] == "2"
+    assert float(a["val_top1_err_mean"]) == pytest.approx(19.0)  # 20% and 18%
+    assert float(a["val_top1_err_std"]) == pytest.approx(2 ** 0.5, abs=1e-3)  # of 20, 18
+    assert float(rows["depth56_noresidual_seed1"]["val_top1_err_mean"]) == pytest.approx(29.0)
+    md = (tmp_path / "summary.md").read_text()
+    assert "## Mean ± std over seeds" in md
+    assert "| depth20_noresidual | 20 | False | 2 of 2 |" in md and "19.00 ± 1.41" in md
+    assert "Mixed protocols" not in md
+    (curves,) = [n for n in legends if n.startswith("curves")]
+    assert legends[curves] == ["depth20_noresidual (mean of 2 seeds, band min-max)",
+                               "depth56_noresidual (mean of 2 seeds, band min-max)"]
+    assert "error_vs_depth.png" in legends
+
+
+def test_a_failed_seed_is_left_out_of_the_mean_and_drawn_with_its_error(tmp_path, legends):
+    _make_seed_sweep(tmp_path, fail="depth56_noresidual_seed1")
+    report.write_report(tmp_path)
+    rows = _csv(tmp_path / "summary.csv")
+    assert rows["depth56_noresidual_seed1"]["status"] == "failed"
+    assert rows["depth56_noresidual_seed0"]["n_seeds"] == "1"
+    assert float(rows["depth56_noresidual_seed0"]["val_top1_err_mean"]) == pytest.approx(30.0)
+    assert rows["depth56_noresidual_seed0"]["val_top1_err_std"] == ""
+    md = (tmp_path / "summary.md").read_text()
+    assert "depth56_noresidual_seed1 (failed)" in md  # in the seed table's "not finished"
+    assert "- `depth56_noresidual_seed1`: FloatingPointError: loss is nan at step 7" in md
+    (curves,) = [n for n in legends if n.startswith("curves")]
+    assert ("depth56_noresidual_seed1 (failed: FloatingPointError: loss is nan at step 7)"
+            in legends[curves])
+    assert "x: failed point, last value" in legends["error_vs_depth.png"]
+
+
+def test_a_point_that_failed_before_logging_still_shows_in_the_plot(tmp_path, legends):
+    _make_sweep(tmp_path)
+    crashed = tmp_path / "depth32_noresidual"
+    (crashed / "metrics.jsonl").unlink()
+    report.write_report(tmp_path)
+    assert ("depth32 (failed, before its first log: FloatingPointError: nan loss)"
+            in legends["curves_noresidual.png"])
+
+
+def test_a_mix_of_protocols_is_said_in_the_summary_and_on_stdout(tmp_path, capsys):
+    _make_sweep(tmp_path)
+    for name, split in (("depth20_residual", "train[:90%]"), ("depth32_residual", "train[:512]")):
+        (tmp_path / name / "config.json").write_text(json.dumps(
+            {"model": {"name": name}, "num_epochs": 2, "data": {"train_split": split}}))
+    report.write_report(tmp_path)
+    out = capsys.readouterr().out
+    assert "WARNING:" in out and "mixed protocols: data.train_split differs" in out
+    md = (tmp_path / "summary.md").read_text()
+    assert "**Mixed protocols" in md
+    assert "- data.train_split differs between points: 'train[:90%]' (depth20_residual); " \
+           "'train[:512]' (depth32_residual)" in md

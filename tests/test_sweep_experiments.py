@@ -111,3 +111,25 @@ def test_runlocal_configs_pass_the_engines_setup(name, arg, tmp_path):
     config.data.cache_dir = str(tmp_path)
     setup = loop.Setup(config)
     assert setup.total_steps == config.total_steps
+
+
+@pytest.mark.parametrize("name,first", [("ablation_depth", "depth20_noresidual"),
+                                        ("ablation_norm", "norm-batch_noresidual"),
+                                        ("mlp_vs_cnn_cifar10", "mlp")])
+def test_seeds_axis_names_the_points_and_sets_config_seed(name, first, monkeypatch, tmp_path):
+    monkeypatch.setenv("CNN_JAX_CIFAR10", str(tmp_path))
+    module = _load(name)
+    one = module.get_sweep()
+    assert one[0][0] == first  # a single seed keeps today's names
+    if name != "mlp_vs_cnn_cifar10":
+        assert "seed" not in one[0][1]  # ... and today's plan
+    two = module.get_sweep("seeds=0+1")
+    assert len(two) == 2 * len(one)
+    assert [n for n, _ in two[:2]] == [f"{first}_seed0", f"{first}_seed1"]
+    path = f"experiments/{name}.py"
+    points = sweep.check_points(two)
+    for point, axes in points[:2]:
+        argv = sweep.point_command(path, "w", point, axes)
+        config = module.get_config(argv[0].split(":", 1)[1])
+        assert config.seed == axes["seed"]
+    assert module.get_config().seed == 0

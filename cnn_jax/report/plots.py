@@ -81,7 +81,8 @@ def curve(rows: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
 
 
 def _mean_curve(curves: list[tuple[list[float], list[float]]]):
-    """(x, mean, min, max) over the x values every curve has (seeds of one recipe log alike)."""
+    """(x, mean, min, max) over the x values every curve has (seeds of one recipe log alike; a
+    seed that is further along than the others is cut to their length)."""
     curves = [c for c in curves if c[0]]
     if not curves:
         return [], [], [], []
@@ -121,10 +122,11 @@ def plot_curves(runs: Sequence[Run], out_dir: Path, group_axis: str | None) -> l
         for i, (label, line_runs) in enumerate(_lines(members, group_axis)):
             color = f"C{i % 10}"
             failed = [r for r in line_runs if run_status(r)[0] == "failed"]
-            ok = [r for r in line_runs if r not in failed]
+            rest = [r for r in line_runs if r not in failed]
+            ok = [r for r in rest if r.metrics]  # a pending seed has no curve to average
             for r in failed:
                 _draw_failed(ax, r, color, eval_split,
-                             label if len(line_runs) == 1 else f"{label} {r.name}")
+                             label if len(line_runs) == 1 else r.name)
                 drawn = True
             train = _mean_curve([curve(split_rows(r, "train")) for r in ok])
             val = _mean_curve([curve(split_rows(r, eval_split)) for r in ok])
@@ -140,7 +142,7 @@ def plot_curves(runs: Sequence[Run], out_dir: Path, group_axis: str | None) -> l
                 for x, _, lo, hi in (train, val):
                     if x:
                         ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
-            statuses = {run_status(r)[0] for r in ok}
+            statuses = {run_status(r)[0] for r in rest}
             note = f" (mean of {len(ok)} seeds, band min-max)" if len(ok) > 1 else ""
             if statuses != {"finished"}:
                 note += f" ({', '.join(sorted(statuses))})"

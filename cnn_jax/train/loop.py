@@ -208,7 +208,7 @@ def evaluate(setup: Setup, state: TrainState, split: str) -> dict:
     count = float(total["count"])
     return {"loss": float(total["loss"]) / count, "top1": float(total["top1"]) / count,
             "top5": float(total["top5"]) / count, "num_examples": int(round(count)),
-            "seconds": time.time() - start}
+            "seconds": time.time() - start, **metrics_lib.per_class(total["confusion"])}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -330,7 +330,8 @@ def _final_summary(workdir: str, split_records: dict[str, dict]) -> dict:
         speeds = [r["img_per_s"] for r in train if isinstance(r.get("img_per_s"), float)]
     final_train = {k: train[-1][k] for k in ("loss", "top1", "top5")} if train else {}
     final = {"train": final_train}
-    final.update({split: {k: m[k] for k in ("loss", "top1", "top5", "num_examples")}
+    final.update({split: {k: m[k] for k in ("loss", "top1", "top5", "num_examples",
+                                            *metrics_lib.PER_CLASS_KEYS)}
                   for split, m in split_records.items()})
     return {"final": final, "best_val_top1": best["top1"] if best else None,
             "best_val_step": best["step"] if best else None,
@@ -677,7 +678,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     expected = split_size(setup.info, split)
     out = {"top1": m["top1"], "top5": m["top5"], "loss": m["loss"],
            "num_examples": m["num_examples"], "split": split, "step": step,
-           "model": config.model.name, "data": config.data.name}
+           "model": config.model.name, "data": config.data.name,
+           **{k: m[k] for k in metrics_lib.PER_CLASS_KEYS}}
     if m["num_examples"] != expected:
         raise RuntimeError(f"Evaluation counted {m['num_examples']} examples but split {split!r} "
                            f"has {expected}: the evaluation input pipeline dropped or repeated "

@@ -1,4 +1,9 @@
-"""Where metrics go: `DIR/metrics.jsonl`, TensorBoard event files (clu) and the console."""
+"""Where metrics go: `DIR/metrics.jsonl`, TensorBoard event files and the console.
+
+TensorBoard gets plain `simple_value` scalars (what `EventAccumulator.Scalars` and every
+TensorBoard reader understand) and the HParams plugin's record of the run's flattened config.
+"""
+
 
 from __future__ import annotations
 
@@ -8,12 +13,14 @@ import os
 import time
 from typing import Any
 
+import numpy as np
 from absl import logging
 
 from cnn_jax import files
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_SUBDIR = "tensorboard"
+PER_CLASS_KEYS = ("per_class_top1", "confusion_matrix")
 
 
 def _clean(value: Any) -> Any:
@@ -45,6 +52,53 @@ def truncate_jsonl(path: str, last_step: int) -> int:
     return len(kept)
 
 
+def per_class(confusion: Any) -> dict:
+    """`per_class_top1` (None for a class without examples) and `confusion_matrix` (lists of
+    ints, rows the true class, columns the predicted one) from a summed confusion matrix."""
+    counts = np.asarray(confusion, np.int64)
+    totals = counts.sum(axis=1)
+    top1 = [float(counts[i, i] / n) if n else None for i, n in enumerate(totals)]
+    return {"per_class_top1": top1, "confusion_matrix": counts.tolist()}
+
+
+def hparams_of(cfg_dict: dict) -> dict[str, bool | int | float | str]:
+    """The flattened config ('optim.lr': 0.1) with values TensorBoard's HParams plugin accepts."""
+    out: dict[str, bool | int | float | str] = {}
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                ok = isinstance(v, (bool, int, float, str))
+                out[f"{prefix}{k}"] = v if ok else json.dumps(v)
+    walk(cfg_dict, "")
+    return out
+
+
+class _EventWriter:
+    """One TensorBoard event file written with TensorBoard's own writer (no TensorFlow needed)."""
+
+    def __init__(self, logdir: str):
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+        self._writer = EventFileWriter(logdir)
+
+    def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        values = [self._summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
+        self.write_summary(step, self._summary(value=values))
+
+    def write_summary(self, step: int, summary: Any) -> None:
+        self._writer.add_event(self._event(wall_time=time.time(), step=step, summary=summary))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 def read_jsonl(path: str) -> list[dict]:
     """Every parseable record of a metrics.jsonl file."""
     out = []
@@ -61,30 +115,40 @@ def read_jsonl(path: str) -> list[dict]:
 class MetricsLogger:
     """Appends records to metrics.jsonl and TensorBoard (one event directory per split).
 
-    Only the process that owns the files (process 0) writes; the others get a no-op logger.
+    `hparams` (the resolved config as a dict) goes to the HParams plugin in the TensorBoard
+    root, so that the runs of a sweep compare side by side. Only the process that owns the
+    files (process 0) writes; the others get a no-op logger.
     """
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    def __init__(self, workdir: str, enabled: bool = True, hparams: dict | None = None):
         self.enabled = enabled
         self.path = os.path.join(workdir, METRICS_FILE)
         self._tb_root = os.path.join(workdir, TENSORBOARD_SUBDIR)
         self._writers: dict[str, Any] = {}
         self._warned = False
         self._file = open(self.path, "a") if enabled else None
+        if enabled and hparams is not None:
+            self._write_hparams(hparams)
 
     def _writer(self, split: str) -> Any:
-        """The split's TensorBoard writer; None where clu/TensorFlow cannot be imported."""
+        """The split's TensorBoard writer ("" = the root); None without TensorBoard installed."""
         if split not in self._writers:
             try:
-                from clu import metric_writers  # local: its TensorBoard writer imports TensorFlow
+                writer = _EventWriter(os.path.join(self._tb_root, split))
             except ImportError as e:
                 if not self._warned:
                     logging.warning("TensorBoard files skipped (%s); metrics go to %s only.", e,
                                     self.path)
                     self._warned = True
                 return None
-            self._writers[split] = metric_writers.SummaryWriter(os.path.join(self._tb_root, split))
+            self._writers[split] = writer
         return self._writers[split]
+
+    def _write_hparams(self, cfg_dict: dict) -> None:
+        writer = self._writer("")
+        if writer is not None:
+            from tensorboard.plugins.hparams import summary_v2 as hp
+            writer.write_summary(0, hp.hparams_pb(hparams_of(cfg_dict)))
 
     def write(self, record: dict) -> None:
         """One record: needs `step` and `split`; numbers also go to TensorBoard."""

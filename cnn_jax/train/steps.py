@@ -53,6 +53,14 @@ def topk_correct(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.A
     return hits[:, 0].astype(jnp.float32), jnp.any(hits, axis=-1).astype(jnp.float32)
 
 
+def confusion_counts(logits: jax.Array, labels: jax.Array, real: jax.Array,
+                     num_classes: int) -> jax.Array:
+    """int32 counts [true class, top-1 class] over the real examples (`real` is a bool mask)."""
+    pred = jax.lax.top_k(logits.astype(jnp.float32), 1)[1][:, 0]  # the class top-1 counts
+    counts = jnp.zeros((num_classes, num_classes), jnp.int32)
+    return counts.at[labels, pred].add(real.astype(jnp.int32), mode="drop")
+
+
 def _targets(batch: dict, num_classes: int) -> jax.Array:
     if "targets" in batch:
         return batch["targets"].astype(jnp.float32)
@@ -100,7 +108,8 @@ def train_steps(state: TrainState, batches: dict, cfg: StepConfig) -> tuple[Trai
 
 
 def eval_step(state: TrainState, batch: dict, cfg: StepConfig) -> dict:
-    """Mask-weighted sums of loss, top-1 and top-5 hits and the example count for one batch.
+    """Mask-weighted sums of loss, top-1 and top-5 hits, the example count and the confusion
+    matrix (int32 counts, rows the true class, columns the top-1 class) for one batch.
 
     Sums (not means) so that padded examples are dropped and every real example counts once.
     Uses the EMA of the parameters when the run keeps one; with `eval_flip_tta`, the logits are
@@ -121,7 +130,8 @@ def eval_step(state: TrainState, batch: dict, cfg: StepConfig) -> dict:
     top1, top5 = topk_correct(logits, labels)
     real = mask > 0  # padding may hold anything; `where` keeps a NaN there out of the sums
     sums = {"loss": jnp.where(real, loss, 0.0).sum(), "top1": jnp.where(real, top1, 0.0).sum(),
-            "top5": jnp.where(real, top5, 0.0).sum(), "count": mask.sum()}
+            "top5": jnp.where(real, top5, 0.0).sum(), "count": mask.sum(),
+            "confusion": confusion_counts(logits, labels, real, cfg.num_classes)}
     if cfg.axis_name is not None:
         sums = jax.lax.psum(sums, cfg.axis_name)
     return sums
