@@ -490,6 +490,56 @@ def test_streamed_image_folder_batches(tmp_path):
     assert counts == 5
 
 
+def test_streamed_image_that_fails_to_decode_keeps_every_position(tmp_path):
+    """A file whose header parses but whose data is broken: a zero image of weight 0 in its
+    place, with a warning; every other example stays where it was (no shift)."""
+    import shutil
+    clean, broken = tmp_path / "clean", tmp_path / "broken"
+    _write_tree(clean, {"train": {"a": 6, "b": 6}}, size=(10, 10))
+    shutil.copytree(clean, broken)
+    bad = broken / "train" / "a" / "002.png"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # truncated: header still parses
+
+    def batches(root, n):
+        cfg = _cfg(tmp_path, name="image_folder", path=str(root), eval_split="", image_size=8,
+                   flip=True, crop_padding=1, cache_dir=str(root / ".cache"))
+        return _take(data.create_train_iterator(cfg, global_batch_size=4, seed=3), n)
+
+    want = batches(clean, 6)  # two epochs of 3 steps
+    with pytest.warns(UserWarning, match=r"1 training image\(s\) of .* failed to decode .*weight 0"):
+        got = batches(broken, 6)
+    placeholders = 0
+    for x, y in zip(want, got):
+        assert (x["weight"] == 1).all()
+        np.testing.assert_array_equal(x["label"], y["label"])
+        good = y["weight"] == 1
+        np.testing.assert_array_equal(x["image"][good], y["image"][good])
+        assert (y["image"][~good] == 0).all()
+        placeholders += int((~good).sum())
+    assert placeholders == 2  # once per epoch
+
+
+@pytest.mark.parametrize("rrc,fraction", [(False, 1.0), (True, 0.875)])
+def test_streamed_eval_crop_fits_small_images(tmp_path, rrc, fraction):
+    """Without random-resized crops training sees the whole image, and so does evaluation (the
+    old image_size / (image_size + 32) kept half of a 32 px image); with them, 0.875."""
+    import tensorflow as tf
+    from cnn_jax.data import augment
+    assert augment.eval_crop_fraction(rrc) == fraction
+    root = tmp_path / "tree"
+    _write_tree(root, {"train": {"a": 2}, "val": {"a": 1}}, size=(32, 32))
+    cfg = _cfg(tmp_path, name="image_folder", path=str(root), eval_split="val", image_size=32,
+               random_resized_crop=rrc)
+    image = next(data.create_eval_iterator(cfg, "val", global_batch_size=1))["image"][0]
+    pixels = np.asarray(Image.open(root / "val" / "a" / "000.png"), np.float32) / 255
+    side = int(32 * fraction)
+    lo = (32 - side) // 2
+    crop = tf.image.resize(pixels[lo:lo + side, lo:lo + side] * 255, [32, 32], antialias=True)
+    np.testing.assert_allclose(image, np.clip(crop.numpy(), 0, 255) / 255, atol=1e-5)
+    if not rrc:
+        np.testing.assert_allclose(image, pixels, atol=1e-5)  # the stored image, uncropped
+
+
 # ------------------------------------------------------------------------------ synthetic
 
 def test_synthetic_data(tmp_path):

@@ -23,7 +23,7 @@ from cnn_jax.train.state import create_train_state
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the repo root: experiments/
-from tests.test_finetune import config as tiny_config  # noqa: E402
+from tests.tiny_run import config as tiny_config  # noqa: E402
 
 CLASSES = 10
 

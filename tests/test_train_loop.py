@@ -3,6 +3,7 @@
 Tiny MLP (with BN, dropout and an EMA, so every part of the state matters) on synthetic data.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from cnn_jax.train import checkpoint as ckpt
-from cnn_jax.train import loop
+from cnn_jax.train import loop, steps
 from cnn_jax.train.metrics import read_jsonl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: experiments/
@@ -207,6 +208,55 @@ def test_changed_image_folder_is_refused_unless_forced(tmp_path, capsys):
     assert results["status"] == "finished" and results["step"] == 4
     out = capsys.readouterr().out
     assert "WARNING: --force: resuming step 2" in out and "Resuming from checkpoint step 2" in out
+
+
+def test_zero_weight_examples_do_not_move_the_step():
+    """A training row of weight 0 (an image that failed to decode) counts in neither the loss,
+    the gradient nor the metrics: whatever it holds, the step is the same (no BN, no dropout:
+    nothing else sees the row)."""
+    setup = loop.Setup(tiny_config(**{"model.norm": "none", "model.dropout": 0.0}))
+    state = jax.jit(setup.init_fn)()
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(16, 6, 6, 3)).astype(np.float32)
+    label = rng.integers(0, 5, 16).astype(np.int32)
+    weight = np.ones(16, np.float32)
+    weight[3] = 0.0
+    step = jax.jit(functools.partial(steps.train_step, cfg=setup.step_cfg))
+    outs = []
+    for fill in (0.0, 1e3):
+        image[3] = fill
+        outs.append(step(state, {"image": image, "label": label, "weight": weight}))
+    kept = {"image": np.delete(image, 3, 0), "label": np.delete(label, 3)}
+    outs.append(step(state, kept))  # the same step without the row
+    (a, ma), (b, mb), (c, mc) = outs
+    for x, y, z in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params),
+                       jax.tree.leaves(c.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(x, z, rtol=1e-5, atol=1e-6)
+    for key in ("loss", "top1", "top5"):
+        assert float(ma[key]) == pytest.approx(float(mb[key])) == pytest.approx(float(mc[key]))
+
+
+def test_streamed_folder_with_an_undecodable_image_trains_and_resumes_exactly(tmp_path):
+    tree = tmp_path / "tree"
+    _write_image_tree(tree, {"train": 8, "test": 2})
+    bad = tree / "train" / "class_1" / "003.png"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # the header still parses
+    config = tiny_config(total_steps=6, batch_size=8, checkpoint_every_steps=3,
+                         eval_every_steps=6, **{  # epoch 1 (steps 0-4) visits every image
+                             "data.name": "image_folder", "data.path": str(tree),
+                             "data.image_size": 6, "data.cache_dir": str(tmp_path / "cache")})
+    full, run = tmp_path / "full", tmp_path / "run"
+    with pytest.warns(UserWarning, match="failed to decode"):
+        results = loop.train_and_evaluate(config, str(full))
+    assert results["status"] == "finished" and np.isfinite(results["final"]["train"]["loss"])
+    with pytest.warns(UserWarning, match="failed to decode in the batch of step 4"):
+        loop.train_and_evaluate(config, str(run))
+    shutil.rmtree(run / "checkpoints" / "6")
+    (run / "results.json").unlink()
+    with pytest.warns(UserWarning, match="failed to decode in the batch of step 4"):
+        loop.train_and_evaluate(config, str(run))  # resumes at step 3: the same batches follow
+    assert_bitwise_equal(checkpoint_params(run)[0], checkpoint_params(full)[0])
 
 
 def _data_files(step_dir):

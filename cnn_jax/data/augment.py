@@ -14,8 +14,15 @@ import numpy as np
 # Inception-style random-resized crop (Szegedy et al. 2015; torchvision defaults).
 RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3 / 4, 4 / 3)
-# Evaluation: central crop of image_size / (image_size + 32) of the shorter side (224 of 256).
-EVAL_CROP_MARGIN = 32
+# Evaluation of streamed images: when training takes random-resized crops, a central crop of
+# EVAL_CROP_FRACTION of the shorter side (224 of 256, the standard ratio, at any image size);
+# otherwise the whole centre square, which is what training sees (a small image is not halved).
+EVAL_CROP_FRACTION = 0.875
+
+
+def eval_crop_fraction(random_resized_crop: bool) -> float:
+    """Fraction of the shorter side that evaluation keeps, for this training augmentation."""
+    return EVAL_CROP_FRACTION if random_resized_crop else 1.0
 
 
 # ----------------------------------------------------------------------------- NumPy (host)
@@ -161,9 +168,8 @@ def _center_square(image_bytes, shape, image_size: int, crop_fraction: float):
     return _resize(_decode_crop(image_bytes, window), image_size, antialias=True)
 
 
-def tf_eval_image(image_bytes, *, image_size: int):
-    """Decode + central crop (image_size / (image_size + 32) of the shorter side) + resize;
-    float32 pixels in [0, 255]."""
+def tf_eval_image(image_bytes, *, image_size: int, crop_fraction: float):
+    """Decode + central square crop (`crop_fraction` of the shorter side, see
+    `eval_crop_fraction`) + resize; float32 pixels in [0, 255]."""
     shape = _image_shape(image_bytes)
-    fraction = image_size / (image_size + EVAL_CROP_MARGIN)
-    return _center_square(image_bytes, shape, image_size, crop_fraction=fraction)
+    return _center_square(image_bytes, shape, image_size, crop_fraction=crop_fraction)

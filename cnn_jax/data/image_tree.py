@@ -324,7 +324,7 @@ def scan_split(listing: Listing, *, cache_dir: Path, max_bad_fraction: float
     """File paths and labels of a split (stratified order) whose headers parse; cached index.
 
     Used for trees streamed with tf.data: only image headers are read here, so a file whose header
-    parses but whose data is broken is dropped (with a log line) by the streaming pipeline.
+    parses but whose data is broken becomes a zero image of weight 0 in training (a warning).
     """
     files, labels, where, split = listing.files, listing.labels, listing.where, listing.split
     key = cache.fingerprint([DECODE_VERSION, listing.class_names, listing.key])

@@ -128,8 +128,10 @@ def _stats_from_stream(source: Source, cfg: Any, spec: str, image_size: int):
         ds = split.builder.as_dataset(split=spec, shuffle_files=False,
                                       decoders={"image": tfds.decode.SkipDecoding()})
         ds = ds.take(limit).map(lambda ex: ex["image"])
-    ds = ds.map(lambda b: augment.tf_eval_image(b, image_size=image_size),
-                num_parallel_calls=tf.data.AUTOTUNE).batch(256)
+    fraction = _eval_crop(cfg)
+    ds = ds.map(lambda b: augment.tf_eval_image(b, image_size=image_size, crop_fraction=fraction),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.ignore_errors().batch(256)  # a file that does not decode adds nothing to the stats
     return preprocess.channel_stats(ds.as_numpy_iterator())
 
 
@@ -173,6 +175,8 @@ def _plan(cfg: Any, *, splits_to_count: tuple[str, ...] | None = None) -> _Plan:
             return _stats_from_stream(source, cfg, train_spec, image_size)
         key = [source.fingerprint, train_spec, image_size, shape,
                int(field(cfg, "stats_max_examples", 10_000)) if source.kind != "array" else 0]
+        if source.kind != "array":  # the statistics are of the evaluation view
+            key.append(("eval_crop", _eval_crop(cfg)))
         mean, std = preprocess.cached_stats(source.cache_dir, key, compute)
 
     info = DatasetInfo(
@@ -182,6 +186,11 @@ def _plan(cfg: Any, *, splits_to_count: tuple[str, ...] | None = None) -> _Plan:
         train_split=train_spec, origin=source.origin, fingerprint=source.fingerprint)
     scale, bias = preprocess.scale_bias(info.mean, info.std)
     return _Plan(cfg, source, info, image_size, scale, bias)
+
+
+def _eval_crop(cfg: Any) -> float:
+    """Fraction of the shorter side streamed evaluation keeps (see augment.eval_crop_fraction)."""
+    return augment.eval_crop_fraction(bool(field(cfg, "random_resized_crop", False)))
 
 
 def _warn_overlap(source: Source, train_spec: str, val_spec: str) -> None:
@@ -329,6 +338,42 @@ class _ArrayTrainBatches:
         return _maybe_mix(batch, aug, self.plan.info.num_classes, self.seed, step, p)
 
 
+def _map_or_placeholder(ds, load, placeholder):
+    """`ds.map(load)` in order, except that an element whose `load` fails (an image that does not
+    decode) becomes `placeholder(*element)` at the same position.
+
+    Unlike `ignore_errors()`, nothing shifts: batch s still holds the examples of step s. Each
+    element is loaded in its own one-element dataset (errors dropped there), followed by the
+    placeholder, of which the first is kept; the interleave decodes in parallel, in order.
+    """
+    import tensorflow as tf
+
+    def one(*x):
+        good = tf.data.Dataset.from_tensors(x).map(load).ignore_errors()
+        return good.concatenate(tf.data.Dataset.from_tensors(placeholder(*x))).take(1)
+
+    return ds.interleave(one, cycle_length=max(2, os.cpu_count() or 1), block_length=1,
+                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+class _DecodeFailures:
+    """Counts the training images that failed to decode (weight 0) and warns as they appear."""
+
+    def __init__(self, where: str):
+        self.where, self.total = where, 0
+
+    def __call__(self, batch: Batch, step: int) -> Batch:
+        bad = int(np.sum(batch["weight"] == 0))
+        if bad:
+            self.total += bad
+            warnings.warn(
+                f"{bad} training image(s) of {self.where} failed to decode in the batch of step "
+                f"{step} ({self.total} so far): each is a zero image with weight 0 in the loss "
+                "and metrics, so later batches do not shift. Fix or remove the file(s).",
+                stacklevel=2)
+        return batch
+
+
 def _files_train(plan: _Plan, split: FileSplit, B: int, b: int, seed: int, start_step: int,
                  p: int) -> Iterator[Batch]:
     """One endless tf.data pipeline over image files (traced once, not once per epoch)."""
@@ -359,15 +404,18 @@ def _files_train(plan: _Plan, split: FileSplit, B: int, b: int, seed: int, start
             tf.io.read_file(path), tf.stack([tf.constant(aug_seed, tf.int64), uid]),
             image_size=size, random_resized_crop=aug["rrc"], crop_padding=aug["padding"],
             flip=aug["flip"])
-        return tf.cast(image, tf.float32) * scale + bias, label
+        return tf.cast(image, tf.float32) * scale + bias, label, tf.constant(1.0)
 
-    ds = (tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch)
-          .map(load, num_parallel_calls=tf.data.AUTOTUNE)
-          .ignore_errors(log_warning=True)
-          .batch(b, drop_remainder=True)
-          .prefetch(tf.data.AUTOTUNE))
-    for step, (images, labels_) in enumerate(ds.as_numpy_iterator(), start=start_step):
-        batch = {"image": images, "label": labels_.astype(np.int32)}
+    def placeholder(path, label, uid):  # an image that does not decode: zeros, weight 0
+        return tf.zeros((size, size, 3), tf.float32), label, tf.constant(0.0)
+
+    ds = _map_or_placeholder(tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch), load,
+                             placeholder)
+    ds = ds.batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    failures = _DecodeFailures(plan.info.origin)
+    for step, (images, labels_, weight) in enumerate(ds.as_numpy_iterator(), start=start_step):
+        batch = failures({"image": images, "label": labels_.astype(np.int32), "weight": weight},
+                         step)
         yield _maybe_mix(batch, aug, plan.info.num_classes, seed, step, p)
 
 
@@ -384,6 +432,7 @@ def _tfds_train(plan: _Plan, split: TfdsSplit, B: int, b: int, seed: int, start_
     buffer = int(min(int(field(plan.cfg, "shuffle_buffer", 50_000)), split.num_examples))
     seed64 = _seed(seed, 4, p)
     epoch, first = divmod(start_step, spe)
+    failures = _DecodeFailures(plan.info.origin)
     while True:
         read_config = tfds.ReadConfig(shuffle_seed=_seed(seed, 5, epoch, p) % (2**31))
         ds = split.builder.as_dataset(split=part, shuffle_files=True, read_config=read_config,
@@ -397,13 +446,17 @@ def _tfds_train(plan: _Plan, split: TfdsSplit, B: int, b: int, seed: int, start_
                 ex["image"], tf.stack([tf.constant(seed64, tf.int64), base + i]),
                 image_size=size, random_resized_crop=aug["rrc"], crop_padding=aug["padding"],
                 flip=aug["flip"])
-            return tf.cast(image, tf.float32) * scale + bias, ex["label"]
+            return tf.cast(image, tf.float32) * scale + bias, ex["label"], tf.constant(1.0)
 
-        ds = (ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
+        def placeholder(i, ex):  # an image that does not decode: zeros, weight 0
+            return tf.zeros((size, size, 3), tf.float32), ex["label"], tf.constant(0.0)
+
+        ds = (_map_or_placeholder(ds, load, placeholder)
               .batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
-        for k, (images, labels) in enumerate(ds.as_numpy_iterator()):
+        for k, (images, labels, weight) in enumerate(ds.as_numpy_iterator()):
             step = epoch * spe + first + k
-            batch = {"image": images, "label": labels.astype(np.int32)}
+            batch = failures({"image": images, "label": labels.astype(np.int32),
+                              "weight": weight}, step)
             yield _maybe_mix(batch, aug, plan.info.num_classes, seed, step, p)
         epoch, first = epoch + 1, 0
 
@@ -411,7 +464,9 @@ def _tfds_train(plan: _Plan, split: TfdsSplit, B: int, b: int, seed: int, start_
 def create_train_iterator(data_cfg: Any, *, global_batch_size: int, seed: int, start_step: int = 0,
                           process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
     """Endless host-local training batches: `image` float32 (b, H, W, C), `label` int32 (b,),
-    and `targets` float32 (b, num_classes) when mixup or cutmix is on; b = global / processes.
+    `targets` float32 (b, num_classes) when mixup or cutmix is on, and for streamed images
+    `weight` float32 (b,): 0 for an image that failed to decode (a zero image in its place, so
+    that no later example shifts), else 1; b = global / processes.
 
     Batch s is a function of (seed, s) only: `start_step=k` yields what an uninterrupted
     iterator yields from step k on.
@@ -456,10 +511,11 @@ def _files_eval(plan: _Plan, split: FileSplit, B: int, b: int, p: int) -> Iterat
     mask = pos < n
     index = np.where(mask, pos, 0)
     scale, bias = tf.constant(plan.scale), tf.constant(plan.bias)
-    size = plan.image_size
+    size, fraction = plan.image_size, _eval_crop(plan.cfg)
 
     def load(path, label, m):
-        image = augment.tf_eval_image(tf.io.read_file(path), image_size=size)
+        image = augment.tf_eval_image(tf.io.read_file(path), image_size=size,
+                                      crop_fraction=fraction)
         image = (tf.cast(image, tf.float32) * scale + bias) * m
         return {"image": image, "label": label * tf.cast(m, tf.int32), "mask": m}
 
@@ -477,10 +533,10 @@ def _tfds_eval(plan: _Plan, split: TfdsSplit, b: int, p: int, P: int) -> Iterato
     # even_splits sizes differ by at most one: every process runs ceil(ceil(n / P) / b) batches.
     num_batches = math.ceil(math.ceil(split.num_examples / P) / b)
     scale, bias = tf.constant(plan.scale), tf.constant(plan.bias)
-    size = plan.image_size
+    size, fraction = plan.image_size, _eval_crop(plan.cfg)
 
     def load(ex):
-        image = augment.tf_eval_image(ex["image"], image_size=size)
+        image = augment.tf_eval_image(ex["image"], image_size=size, crop_fraction=fraction)
         return {"image": tf.cast(image, tf.float32) * scale + bias,
                 "label": tf.cast(ex["label"], tf.int32), "mask": tf.constant(1.0)}
 

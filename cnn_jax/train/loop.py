@@ -211,6 +211,23 @@ def evaluate(setup: Setup, state: TrainState, split: str) -> dict:
             "seconds": time.time() - start, **metrics_lib.per_class(total["confusion"])}
 
 
+def _weights_and_raw(total: dict, count: float) -> dict:
+    """`weights`: which weights loss/top1/top5 score ("ema": the EMA weights with the EMA
+    BatchNorm statistics; "raw": the live weights), and for an EMA run the live weights' figures
+    as raw_loss, raw_top1, raw_top5."""
+    raw = {f"raw_{k}": float(total[f"raw_{k}"]) / count for k in steps.RAW_KEYS
+           if f"raw_{k}" in total}
+    return {"weights": "ema" if raw else "raw", **raw}
+
+
+# What an evaluation record carries besides the example count: the scores and their weights.
+SCORE_KEYS = ("loss", "top1", "top5", "weights", *(f"raw_{k}" for k in steps.RAW_KEYS))
+
+
+def _scores(m: dict) -> dict:
+    return {k: m[k] for k in SCORE_KEYS if k in m}
+
+
 # ----------------------------------------------------------------------------------------------
 # Training.
 

@@ -67,26 +67,36 @@ def _targets(batch: dict, num_classes: int) -> jax.Array:
     return jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32)
 
 
+def _batch_mean(batch: dict) -> Callable[[jax.Array], jax.Array]:
+    """Mean over the batch; weighted by batch["weight"] when there is one (0: an image that did
+    not decode, kept in place as a zero image: it counts in neither loss nor metrics)."""
+    if "weight" not in batch:
+        return jnp.mean
+    w = batch["weight"].astype(jnp.float32)
+    return lambda x: jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
 def train_step(state: TrainState, batch: dict, cfg: StepConfig) -> tuple[TrainState, dict]:
     """One SGD step on one batch; returns the new state and the batch's mean metrics."""
     rng = jax.random.fold_in(state.rng, state.step)
     if cfg.axis_name is not None:
         rng = jax.random.fold_in(rng, jax.lax.axis_index(cfg.axis_name))
     targets = _targets(batch, cfg.num_classes)
+    mean = _batch_mean(batch)
 
     def loss_fn(params):
         outputs, updates = cfg.apply_fn(
             {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
             rngs={"dropout": rng}, mutable=["batch_stats"])
         logits, aux = _split_outputs(outputs)
-        loss = cross_entropy(logits, targets, cfg.label_smoothing).mean()
+        loss = mean(cross_entropy(logits, targets, cfg.label_smoothing))
         for a in aux:
-            loss += cfg.aux_loss_weight * cross_entropy(a, targets, cfg.label_smoothing).mean()
+            loss += cfg.aux_loss_weight * mean(cross_entropy(a, targets, cfg.label_smoothing))
         return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     top1, top5 = topk_correct(logits, batch["label"])
-    metrics = {"loss": loss, "top1": top1.mean(), "top5": top5.mean()}
+    metrics = {"loss": loss, "top1": mean(top1), "top5": mean(top5)}
     if cfg.axis_name is not None:
         grads = jax.lax.pmean(grads, cfg.axis_name)
         metrics = jax.lax.pmean(metrics, cfg.axis_name)
