@@ -62,17 +62,16 @@ def define_flags() -> None:
             "Where sweep points run: local (child processes, --sweep_parallel at a time) or "
             "slurm (one job per point through submitit; resources from the experiment's "
             "get_slurm(arg) and the --slurm_* flags).")
-    _define(flags.DEFINE_string, "slurm_partition", None, "--sweep_executor=slurm: partition.")
-    _define(flags.DEFINE_integer, "slurm_nodes", None, "--sweep_executor=slurm: nodes per point "
-            "(above 1 the point runs with --multihost, one process per node).")
-    _define(flags.DEFINE_integer, "slurm_gpus_per_node", None,
-            "--sweep_executor=slurm: GPUs per node.")
-    _define(flags.DEFINE_integer, "slurm_cpus_per_task", None,
-            "--sweep_executor=slurm: CPU cores per process.")
-    _define(flags.DEFINE_integer, "slurm_time_min", None,
-            "--sweep_executor=slurm: time limit per point, in minutes.")
-    _define(flags.DEFINE_list, "slurm_sbatch", [], "--sweep_executor=slurm: extra sbatch "
-            "options, e.g. --slurm_sbatch=--account=abc,--qos=high.")
+    for kind, name, default, text in (
+            (flags.DEFINE_string, "slurm_partition", None, "partition."),
+            (flags.DEFINE_integer, "slurm_nodes", None, "nodes per point (above 1 the point runs "
+             "with --multihost, one process per node)."),
+            (flags.DEFINE_integer, "slurm_gpus_per_node", None, "GPUs per node."),
+            (flags.DEFINE_integer, "slurm_cpus_per_task", None, "CPU cores per process."),
+            (flags.DEFINE_integer, "slurm_time_min", None, "time limit per point, in minutes."),
+            (flags.DEFINE_list, "slurm_sbatch", [], "extra sbatch options, e.g. "
+             "--slurm_sbatch=--account=abc,--qos=high.")):
+        _define(kind, name, default, f"--sweep_executor=slurm: {text}")
     _define(flags.DEFINE_string, "xla_cpu_flags", "auto", "XLA:CPU compiler flags added to "
             "$XLA_FLAGS before JAX starts; 'auto' = cnn_jax.benchmark.RECOMMENDED_CPU_XLA_FLAGS "
             "(faster small-channel convolutions), '' = none. Flags already in $XLA_FLAGS win.")

@@ -138,6 +138,18 @@ def with_seeds(points: list[tuple[str, dict[str, Any]]], seeds: Sequence[int],
     return [(f"{name}_seed{s}", {**axes, "seed": s}) for name, axes in points for s in seeds]
 
 
+def _smoke_schedule(c: ml_collections.ConfigDict, *, batch_size: int, total_steps: int,
+                    log_every_steps: int, shuffle_buffer: int) -> None:
+    """The runlocal run length: evaluation and a synchronous checkpoint every 3 steps."""
+    c.batch_size = batch_size
+    c.total_steps = total_steps
+    c.log_every_steps = log_every_steps
+    c.eval_every_steps = 3
+    c.checkpoint_every_steps = 3
+    c.async_checkpoints = False
+    c.data.shuffle_buffer = shuffle_buffer
+
+
 # ----------------------------------------------------------------------------------------------
 # CIFAR-10.
 
@@ -202,14 +214,8 @@ def set_cifar10_data(c: ml_collections.ConfigDict, data: str, runlocal: bool) ->
 
 def shrink_cifar10_for_runlocal(c: ml_collections.ConfigDict) -> None:
     """A CPU smoke test: a few hundred examples, small batches, a handful of steps."""
-    c.batch_size = 16
-    c.total_steps = 6
-    c.log_every_steps = 2
-    c.eval_every_steps = 3
-    c.checkpoint_every_steps = 3
-    c.async_checkpoints = False
+    _smoke_schedule(c, batch_size=16, total_steps=6, log_every_steps=2, shuffle_buffer=256)
     c.compilation_cache = False
-    c.data.shuffle_buffer = 256
     if c.data.name == "synthetic":
         c.data.synthetic_num_examples = 128
     else:
@@ -228,8 +234,9 @@ IMAGENET_DATA_CHOICES = ("imagenet2012", "imagenette", "synthetic")
 
 
 def imagenet_config(model: str, data: str, *, batch_size: int, lr: float, weight_decay: float,
-                    epochs: int) -> ml_collections.ConfigDict:
-    """SGD momentum 0.9 on `data` with random-resized-crop 224 + flip; the schedule is set by the caller."""
+                    epochs: int, image_size: int = 224) -> ml_collections.ConfigDict:
+    """SGD momentum 0.9 on `data` with random-resized-crop `image_size` (224) + flip, synthetic
+    images of that size; the schedule is set by the caller."""
     if data not in IMAGENET_DATA_CHOICES:
         raise ValueError(f"data={data!r}: valid values are {', '.join(IMAGENET_DATA_CHOICES)}")
     c = get_default_config()
@@ -241,7 +248,7 @@ def imagenet_config(model: str, data: str, *, batch_size: int, lr: float, weight
     c.optim.momentum = 0.9
     c.optim.weight_decay = weight_decay
     c.data.name = data
-    c.data.image_size = 224
+    c.data.image_size = image_size
     c.data.random_resized_crop = True
     c.data.flip = True
     c.data.train_split = "train"
@@ -249,10 +256,10 @@ def imagenet_config(model: str, data: str, *, batch_size: int, lr: float, weight
     c.data.shuffle_buffer = 16_384
     c.log_every_steps = 500
     if data == "synthetic":
-        # In-memory arrays: no random-resized crop (it works on streamed files); native 224.
+        # In-memory arrays: no random-resized crop (it works on streamed files); native size.
         c.data.random_resized_crop = False
         c.data.image_size = -1
-        c.data.synthetic_shape = (224, 224, 3)
+        c.data.synthetic_shape = (image_size, image_size, 3)
         c.data.synthetic_num_classes = 1000
         c.data.synthetic_num_examples = 4096
         c.data.eval_split = "test"
@@ -265,13 +272,7 @@ def imagenet_config(model: str, data: str, *, batch_size: int, lr: float, weight
 
 def shrink_imagenet_for_runlocal(c: ml_collections.ConfigDict, image_size: int) -> None:
     """A CPU smoke test: a few small synthetic images (unless data= says otherwise), 3 steps."""
-    c.batch_size = 4
-    c.total_steps = 3
-    c.log_every_steps = 1
-    c.eval_every_steps = 3
-    c.checkpoint_every_steps = 3
-    c.async_checkpoints = False
-    c.data.shuffle_buffer = 64
+    _smoke_schedule(c, batch_size=4, total_steps=3, log_every_steps=1, shuffle_buffer=64)
     if c.data.name == "synthetic":
         c.data.synthetic_shape = (image_size, image_size, 3)
         c.data.synthetic_num_classes = 10
@@ -291,11 +292,12 @@ def parse_imagenet_arg(arg: str | None, epochs: int,
 
 def imagenet_multistep_recipe(arg: str | None, model: str, *, epochs: int, batch_size: int,
                               lr: float, weight_decay: float, drops: Sequence[float],
-                              runlocal_image_size: int = 64) -> ml_collections.ConfigDict:
+                              runlocal_image_size: int = 64,
+                              image_size: int = 224) -> ml_collections.ConfigDict:
     """A recipe file's config: imagenet_config with lr / 10 at the fractions `drops` of the epochs."""
     a, data = parse_imagenet_arg(arg, epochs)
     c = imagenet_config(model, data, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                        epochs=a.epochs)
+                        epochs=a.epochs, image_size=image_size)
     c.optim.schedule = "multistep"
     c.optim.milestones = tuple(round(a.epochs * f) for f in drops)
     if a.runlocal:
