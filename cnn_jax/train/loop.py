@@ -291,7 +291,7 @@ def _train_batches(setup: Setup, start_step: int) -> Iterator[dict]:
         start_step=start_step, process_index=jax.process_index(),
         process_count=jax.process_count())
     for batch in it:
-        yield {k: batch[k] for k in ("image", "label", "targets") if k in batch}
+        yield {k: batch[k] for k in ("image", "label", "targets", "weight") if k in batch}
 
 
 class _OnDeviceTrainer:
