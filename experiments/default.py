@@ -29,6 +29,8 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.steps_per_dispatch = 1           # > 1: lax.scan over several train steps per call
     c.eval_batch_size = -1             # <= 0: same as batch_size (global; splits over devices)
     c.aux_loss_weight = 0.3            # GoogLeNet auxiliary classifiers' loss weight (training)
+    c.init_from = ""                   # "DIR[:STEP]": start from that run's params and BN stats
+    c.freeze = ()                      # regexes over param paths ("^conv1/"): kept fixed
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "lenet5"

@@ -25,7 +25,7 @@ from absl import logging
 from cnn_jax import files
 from cnn_jax.train import checkpoint as ckpt
 from cnn_jax.train import metrics as metrics_lib
-from cnn_jax.train import optim, parallel, steps
+from cnn_jax.train import finetune, optim, parallel, steps
 from cnn_jax.train.state import TrainState, create_train_state, init_variables, state_to_tree, \
     tree_to_state
 from cnn_jax.validate import check_choice, check_number
@@ -455,6 +455,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         print(f"Resuming from checkpoint step {start_step} in {store.directory}", flush=True)
     else:
         state = setup.strategy.create_state(setup.init_fn)
+        if config.get("init_from", ""):  # fine-tuning: another run's weights, step 0
+            try:
+                state = finetune.init_from_checkpoint(setup, state)
+            except Exception:
+                store.close()
+                raise
         start_step = 0
     if is_writer:
         ckpt.write_json(os.path.join(workdir, CONFIG_FILE), cfg_dict)

@@ -116,7 +116,7 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
         parts.append(optax.lars(schedule, weight_decay=wd, weight_decay_mask=mask,
                                 trust_ratio_mask=mask, momentum=float(o.momentum),
                                 nesterov=bool(o.nesterov)))
-        return optax.chain(*parts)
+        return _frozen(config, optax.chain(*parts), params)
     if wd > 0 and mode == "l2":
         parts.append(optax.add_decayed_weights(wd, mask))
     if name == "sgd":
@@ -128,5 +128,14 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
     if wd > 0 and mode == "decoupled":
         parts.append(optax.add_decayed_weights(wd, mask))
     parts.append(optax.scale_by_learning_rate(schedule))
-    return optax.chain(*parts)
+    return _frozen(config, optax.chain(*parts), params)
+
+
+def _frozen(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+            params: Any) -> optax.GradientTransformation:
+    """`tx`, with the parameters `config.freeze` matches held fixed (see train/finetune.py)."""
+    if not config.get("freeze", ()):
+        return tx
+    from cnn_jax.train import finetune
+    return finetune.with_frozen(tx, params, config.freeze)
 
