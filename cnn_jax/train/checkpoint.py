@@ -254,17 +254,39 @@ def read_json(path: str) -> dict | None:
 
 
 def write_json(path: str, obj: Any) -> None:
-    """Writes JSON atomically (temporary file, then rename)."""
+    """Writes strict JSON atomically (temporary file, then rename).
+
+    NaN and infinities are not JSON: they are written as null, with a warning naming each.
+    """
+    replaced: list[str] = []
+    obj = strict_json_value(obj, replaced)
+    if replaced:
+        print(f"WARNING: {os.path.basename(path)}: not a finite number, written as null: "
+              + ", ".join(replaced[:10]) + (" ..." if len(replaced) > 10 else ""), flush=True)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+        json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)
         f.write("\n")
     os.replace(tmp, path)
 
 
-def _json_default(x: Any) -> Any:
+def strict_json_value(x: Any, replaced: list[str] | None = None, where: str = "") -> Any:
+    """`x` as plain JSON types (NumPy values and tuples converted), non-finite floats as None.
+
+    The dotted path of each replaced value (with the value) is appended to `replaced`.
+    """
+    if isinstance(x, dict):
+        return {k: strict_json_value(v, replaced, f"{where}.{k}" if where else str(k))
+                for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [strict_json_value(v, replaced, f"{where}[{i}]") for i, v in enumerate(x)]
     if isinstance(x, (np.generic, np.ndarray)):
-        return x.tolist()
-    if isinstance(x, tuple):
-        return list(x)
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+        return strict_json_value(x.tolist(), replaced, where)
+    if isinstance(x, float) and not np.isfinite(x):
+        if replaced is not None:
+            replaced.append(f"{where or 'value'}={x}")
+        return None
+    if x is None or isinstance(x, (str, int, float, bool)):
+        return x
+    raise TypeError(f"not JSON serialisable: {type(x).__name__} at {where or 'top level'}")
+

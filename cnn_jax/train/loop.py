@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cnn_jax import files
+from cnn_jax import files, workdir_lock
 from cnn_jax.train import checkpoint as ckpt
 from cnn_jax.train import metrics as metrics_lib
 from cnn_jax.train import finetune, optim, parallel, steps
@@ -73,7 +73,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         check_number(field, config[field], low=1, integer=True)
     for field in ("total_steps", "eval_every_steps", "checkpoint_every_steps"):
         check_number(field, config[field], integer=True)
-    check_number("seed", config.seed, low=0, integer=True)
+    check_number("seed", config.seed, low=0, high=2**32 - 1, integer=True)  # data order: 32 bits
     if config.total_steps <= 0:
         check_number("num_epochs", config.num_epochs, low=0, low_open=True)
     check_number("ema_decay", config.ema_decay, low=0, high=1, high_open=True)
@@ -411,6 +411,7 @@ def check_resume(setup: Setup, meta: dict, cfg_dict: dict, start_step: int, work
           f"{listing}", flush=True)
 
 
+@workdir_lock.locked("training run", index=lambda: jax.process_index())  # one writer per DIR
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        force: bool = False, extend: bool = False) -> dict:
     """Trains `config` in `workdir`, resuming from its newest good checkpoint; returns results.
@@ -480,6 +481,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             print(f"The finished run's results moved to {kept}", flush=True)
         else:
             os.remove(results_path)  # the run continues: results.json returns when it finishes
+    if is_writer and start_step >= setup.total_steps:  # finished but results.json is gone: the
+        metrics_lib.truncate_jsonl(  # final evaluations run again, so their records go first
+            os.path.join(workdir, metrics_lib.METRICS_FILE), start_step, evals_at_last=False)
 
     logger = metrics_lib.MetricsLogger(workdir, enabled=is_writer, hparams=cfg_dict)
     stop = _StopFlag()
@@ -680,9 +684,21 @@ def _restore_for_inference(config: ml_collections.ConfigDict, workdir: str
             f"No checkpoint in {os.path.join(workdir, ckpt.CHECKPOINT_SUBDIR)}: train first "
             f"(same command without --mode).")
     setup = Setup(config, for_training=False)
+    live = workdir_lock.live_holder(workdir)
+    if live is not None:
+        print(f"Note: a training run is live in {workdir} ({workdir_lock.describe(live, False)}): "
+              f"reading its newest checkpoint.", flush=True)
     store = ckpt.CheckpointStore(workdir, read_only=True)
     try:
         tree, meta, step, _ = ckpt.newest_readable(store, None)
+    except ckpt.CheckpointError as e:
+        live = live or workdir_lock.live_holder(workdir)
+        if live is None:
+            raise
+        raise ckpt.CheckpointError(  # never advise moving a live run's checkpoints away
+            f"No checkpoint of {workdir} could be read while a training run is live there "
+            f"({workdir_lock.describe(live)}); it was probably replacing them meanwhile. Nothing "
+            f"was moved or changed: re-run --mode=eval, or wait until the run has finished.") from e
     finally:
         store.close()
     diffs = ckpt.config_differences(meta["config"], config_to_dict(config))

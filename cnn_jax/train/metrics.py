@@ -24,18 +24,27 @@ PER_CLASS_KEYS = ("per_class_top1", "confusion_matrix")
 
 
 def _clean(value: Any) -> Any:
-    """JSON-safe scalars: floats stay floats, NaN/inf become strings so that the line parses."""
-    if hasattr(value, "item"):
+    """JSON-safe values: floats stay floats, NaN/inf become strings so that the line parses
+    (also inside lists and dicts, e.g. per-class metrics)."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    elif hasattr(value, "item"):
         value = value.item()
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
 
 
-def truncate_jsonl(path: str, last_step: int) -> int:
+def truncate_jsonl(path: str, last_step: int, *, evals_at_last: bool = True) -> int:
     """Keeps the records with step <= last_step (and drops a torn last line); returns the count.
 
     Called on resume so that metrics.jsonl has no duplicated and no missing steps.
+    `evals_at_last=False` also drops the evaluation records (split other than train) of
+    last_step: for a finished run that evaluates its last step again.
     """
     if not os.path.exists(path):
         return 0
@@ -46,8 +55,12 @@ def truncate_jsonl(path: str, last_step: int) -> int:
                 record = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(record, dict) and record.get("step", math.inf) <= last_step:
-                kept.append(json.dumps(record, sort_keys=True))
+            if not isinstance(record, dict) or not record.get("step", math.inf) <= last_step:
+                continue
+            if not evals_at_last and record["step"] == last_step and record.get("split") != "train":
+                continue
+            kept.append(json.dumps({k: _clean(v) for k, v in record.items()}, sort_keys=True,
+                                   allow_nan=False))
     files.write_text(path, "".join(line + "\n" for line in kept))
     return len(kept)
 
@@ -155,7 +168,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         record = {k: _clean(v) for k, v in record.items()}
-        self._file.write(json.dumps(record, sort_keys=True) + "\n")
+        self._file.write(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
         self._file.flush()
         scalars = {k: v for k, v in record.items()
                    if k not in ("step", "split") and isinstance(v, (int, float))}
