@@ -48,6 +48,62 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.optim.{flag} must be True or False, got {o[flag]!r}.")
 
 
+# experiments/default.py's values of the fields that only some optimizers or schedules read
+# (tests/test_optim_settings.py keeps the two equal). A field still at its default was not set
+# by the user, so it gets no warning where it has no effect.
+DEFAULTS = {"momentum": 0.9, "nesterov": False, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
+            "weight_decay_mode": "l2", "decay_bn_and_bias": False, "milestones": (),
+            "milestone_unit": "epochs", "gamma": 0.1}
+
+
+def ineffective_settings(config: ml_collections.ConfigDict) -> list[str]:
+    """Warnings for `config.optim` fields, changed from their defaults, that the chosen optimizer
+    or schedule ignores; a ValueError for a combination that cannot be what was meant."""
+    o = config.optim
+    name, schedule, wd = o.name, o.schedule, float(o.weight_decay)
+
+    def value(f: str) -> Any:
+        v = o.get(f, DEFAULTS[f])
+        return tuple(v) if isinstance(v, list) else v
+
+    def changed(f: str) -> bool:
+        return value(f) != DEFAULTS[f]
+
+    def unused(f: str, why: str, matters: str) -> str:
+        return (f"config.optim.{f}={value(f)!r} has no effect {why}; it matters with "
+                f"{matters}.")
+
+    if o.get("nesterov", False) and name in ("adam", "adamw"):
+        raise ValueError(f"config.optim.nesterov=True cannot apply to optim.name={name!r}: "
+                         f"there is no Nesterov Adam here. Use --config.optim.name=sgd (with "
+                         f"momentum > 0) or lars for Nesterov momentum, or drop nesterov.")
+    if o.get("nesterov", False) and name == "sgd" and float(o.momentum) == 0:
+        raise ValueError("config.optim.nesterov=True with optim.momentum=0: sgd without "
+                         "momentum has no Nesterov step. Set --config.optim.momentum=0.9, or "
+                         "drop nesterov.")
+    out = []
+    if name in ("adam", "adamw") and changed("momentum"):
+        out.append(unused("momentum", f"with optim.name={name!r} (Adam's first-moment decay is "
+                          f"optim.b1)", "optim.name='sgd' or 'lars'"))
+    if name in ("sgd", "lars"):
+        out += [unused(f, f"with optim.name={name!r}", "optim.name='adam' or 'adamw'")
+                for f in ("b1", "b2", "eps") if changed(f)]
+    if changed("weight_decay_mode"):  # ('decoupled' under adamw is what AdamW does anyway)
+        if name == "lars":
+            out.append(unused("weight_decay_mode", "with optim.name='lars' (LARS decays the "
+                              "weights its own way)", "optim.name='sgd' or 'adam'"))
+        elif wd == 0:
+            out.append(unused("weight_decay_mode", "while optim.weight_decay=0",
+                              "optim.weight_decay > 0"))
+    if wd == 0 and name != "lars" and changed("decay_bn_and_bias"):
+        out.append(unused("decay_bn_and_bias", "while optim.weight_decay=0",
+                          "optim.weight_decay > 0 (or optim.name='lars')"))
+    if schedule != "multistep":
+        out += [unused(f, f"with optim.schedule={schedule!r}", "optim.schedule='multistep'")
+                for f in ("milestones", "milestone_unit", "gamma") if changed(f)]
+    return out
+
+
 def base_learning_rate(config: ml_collections.ConfigDict) -> float:
     """The peak learning rate, after the linear scaling rule (lr x batch / 256) when asked for."""
     lr = float(config.optim.lr)
@@ -101,8 +157,14 @@ def decay_mask(params: Any, decay_bn_and_bias: bool) -> Any:
 
 def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
                      params: Any) -> optax.GradientTransformation:
-    """The optax chain for `config.optim`: clip, weight decay (L2 or decoupled), update rule, lr."""
+    """The optax chain for `config.optim`: clip, weight decay (L2 or decoupled), update rule, lr.
+
+    Prints a warning for each optim field that has no effect here (`ineffective_settings`).
+    """
     validate(config)
+    if jax.process_index() == 0:
+        for warning in ineffective_settings(config):
+            print(f"WARNING: {warning}", flush=True)
     o = config.optim
     name, mode = o.name, o.weight_decay_mode
     if name == "adamw":
