@@ -24,6 +24,7 @@ scripts and the jobs' own logs) go to `DIR/.submitit/`.
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -97,12 +98,19 @@ def sbatch_parameters(lines: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _submitit():
+    """submitit, imported without its logging.config.dictConfig (which would close the handlers
+    of absl and of anyone else already logging); SUBMITIT_LOG_LEVEL set by the user wins."""
+    os.environ.setdefault("SUBMITIT_LOG_LEVEL", "NOCONFIG")
+    import submitit
+
+    return submitit
+
+
 def make_executor(folder: Path, s: dict[str, Any], parallel: int, name: str,
                   cluster: str = "slurm"):
     """A submitit executor for the settings `s` (cluster "local" runs the jobs on this host)."""
-    import submitit
-
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    executor = _submitit().AutoExecutor(folder=folder, cluster=cluster)
     params: dict[str, Any] = {
         "name": name, "timeout_min": int(s["time_min"]), "nodes": int(s["nodes"]),
         "tasks_per_node": 1,  # one process per node; it drives all the node's GPUs
@@ -132,10 +140,8 @@ class PointJob:
         self.argv, self.run_dir, self.env = argv, run_dir, env
 
     def __call__(self) -> dict:
-        import submitit
-
         try:
-            rank = submitit.JobEnvironment().global_rank
+            rank = _submitit().JobEnvironment().global_rank
         except RuntimeError:  # not inside a submitit job (called directly)
             rank = 0
         run_dir = Path(self.run_dir)
