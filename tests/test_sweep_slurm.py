@@ -143,3 +143,34 @@ def test_bad_slurm_settings_are_one_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / "s2").exists()
     with pytest.raises(ValueError, match="sbatch line"):
         slurm.sbatch_parameters(["account=abc"])
+
+
+def test_multihost_under_slurm_leaves_coordinator_and_ranks_to_slurms_variables(monkeypatch):
+    """What a multi-node point's processes do: `--multihost` with nothing else calls
+    jax.distributed.initialize() with no addresses, and JAX reads them from SLURM."""
+    import jax
+    from absl import flags
+    from jax._src import clusters
+
+    from cnn_jax import launch
+
+    slurm_env = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
+                 "SLURM_LOCALID": "0", "SLURM_STEP_NODELIST": "gpu[001-002]"}
+    for key, value in slurm_env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(key, raising=False)
+    coordinator, num, pid, _ = clusters.ClusterEnv.auto_detect_unset_distributed_params(
+        None, None, None, None, None, None)
+    assert coordinator.startswith("gpu001:") and (num, pid) == (2, 1)
+
+    launch.define_flags()
+    flags.FLAGS(["launch", "--workdir=w", "--multihost"])
+    recorded = {}
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: recorded.update(kw))
+    try:
+        assert launch.multihost_requested()
+        launch.init_distributed()
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert recorded == {"coordinator_address": None, "num_processes": None, "process_id": None}
