@@ -154,6 +154,50 @@ def test_a_second_run_on_a_live_workdir_is_refused_at_once_and_the_first_is_inta
     assert not (run / workdir_lock.LOCK_FILE).exists()
 
 
+def test_a_second_sweep_on_a_live_sweep_directory_is_refused_and_the_first_finishes(tmp_path):
+    root = tmp_path / "sweep"
+    args = [f"{TINY}:points=alpha", f"--workdir={root}", "--sweep"]
+    with open(tmp_path / "first.log", "w") as log:
+        first = _launch(args, tmp_path, log)
+        try:
+            _wait_for_holder(root, first)
+            os.kill(first.pid, signal.SIGSTOP)
+            try:
+                second = _second_launch(args, tmp_path)
+            finally:
+                os.kill(first.pid, signal.SIGCONT)
+            assert first.wait(timeout=600) == 0, (tmp_path / "first.log").read_text()[-3000:]
+        finally:
+            if first.poll() is None:
+                first.kill()
+    assert second.returncode == 1, second.stdout[-2000:] + second.stderr[-2000:]
+    (line,) = _error_lines(second)
+    assert line.startswith("ERROR:") and f"in use by a live sweep (pid {first.pid} on host" in line
+    assert json.loads((root / "alpha" / "results.json").read_text())["status"] == "finished"
+    assert (root / "summary.md").is_file()
+    assert "finished" not in second.stdout  # the second printed no report of its own
+    assert not (root / workdir_lock.LOCK_FILE).exists()
+
+
+def test_a_sweep_reports_a_point_left_running_instead_of_starting_it_again(tmp_path,
+                                                                           monkeypatch, capsys):
+    """A sweep driver killed with SIGKILL leaves its point running; the re-run must see it."""
+    from cnn_jax import sweep
+
+    monkeypatch.chdir(REPO)
+    root = tmp_path / "sweep"
+    point = root / "alpha"
+    with workdir_lock.hold(point, kind="training run"):  # the orphaned point, still training
+        (point / "sweep_status.json").write_text(json.dumps(
+            {"status": "running", "pid": os.getpid(), "command": "launch.py ..."}))
+        rc = sweep.main("tests/faults/tiny_config.py:points=alpha", str(root), parallel=1)
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert f"alpha: STILL RUNNING (pid {os.getpid()} on host" in out and "not started again" in out
+    assert not (point / "sweep_log.txt").exists()  # no second process was started on it
+    assert not (point / "results.json").exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # In-process runs of the tiny MLP: evaluation beside a live run, strict JSON, metrics records.
 

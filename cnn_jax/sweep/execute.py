@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from cnn_jax import rundir
+from cnn_jax import rundir, workdir_lock
 from cnn_jax.sweep import plan as plan_lib
 from cnn_jax.sweep.plan import display_command, launcher, point_env
 from cnn_jax.sweep.point import Children, echo_status, run_point
@@ -70,6 +70,7 @@ def run_local(todo: Sequence[str], commands: dict[str, list[str]], root: Path, p
     return statuses, children.stopping
 
 
+@workdir_lock.locked("sweep", check_only_arg="dry_run")  # one sweep per DIR (a dry run: checked)
 def main(config_arg: str, workdir: str, *, dry_run: bool = False, parallel: int = 1,
          overrides: Sequence[str] = (), executor: str = "local",
          slurm_flags: dict[str, Any] | None = None, submitit_cluster: str = "slurm") -> int:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from cnn_jax import rundir
+from cnn_jax import rundir, workdir_lock
 
 _ERROR_LINE = re.compile(r"(\b\w*(Error|Exception|Interrupt)\b)|^\s*(FATAL|F\d{4}|E\d{4})\b")
 
@@ -73,6 +73,11 @@ def run_point(argv: list[str], run_dir: Path, env: dict[str, str] | None,
     to sweep_status.json) finished, failed with the error line, or the run's own end status."""
     if children.stopping:
         return {"status": "not started"}
+    holder = workdir_lock.live_holder(run_dir)  # e.g. left running by a killed sweep driver
+    if holder is not None:  # not started twice, and not "failed": it is still running
+        return {"status": "still running", "pid": holder.get("pid"),
+                "error": f"{workdir_lock.describe(holder, command=False)}; not started again, "
+                         f"re-run the sweep once it has ended"}
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     log_path = run_dir / rundir.LOG_FILE
