@@ -318,3 +318,27 @@ def test_a_mix_of_protocols_is_said_in_the_summary_and_on_stdout(tmp_path, capsy
     assert "**Mixed protocols" in md
     assert "- data.train_split differs between points: 'train[:90%]' (depth20_residual); " \
            "'train[:512]' (depth32_residual)" in md
+
+
+def _cnn_jax_imports(path: Path) -> set[str]:
+    import ast
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cnn_jax"):
+            out |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("cnn_jax")}
+    return out
+
+
+def test_report_and_sweep_share_only_rundir():
+    """No import cycle: the report never imports the sweep runner, rundir imports neither."""
+    package = Path(report.__file__).parent.parent
+    for path in (package / "report").glob("*.py"):
+        assert not any(m.startswith("cnn_jax.sweep") for m in _cnn_jax_imports(path)), path
+    assert _cnn_jax_imports(package / "rundir.py") == set()
+    for name in ("plan", "point"):  # planning and one point know nothing of the runners
+        imports = _cnn_jax_imports(package / "sweep" / f"{name}.py")
+        assert not any(m.startswith(("cnn_jax.sweep.execute", "cnn_jax.sweep.slurm",
+                                     "cnn_jax.report")) for m in imports), name
