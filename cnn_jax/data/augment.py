@@ -1,15 +1,25 @@
-"""Augmentations: NumPy ops for in-memory batches, TensorFlow ops for streamed image files.
+"""Augmentations, each defined once: random crop after zero padding, horizontal flip, mixup/CutMix.
 
-Every random choice is drawn from an explicit generator or a stateless seed, so batches are a
-function of (seed, step) only. Zero padding is applied to raw pixels (black borders, as
-torchvision's `RandomCrop(32, padding=4)` before `Normalize`).
+Each augmentation is its random draw (crop offsets, flip flags; the mixing permutation, weight
+and box) and its application to a batch. The application is written once against an array
+module `xp`, NumPy for host batches and jax.numpy for on-device batches (`cnn_jax.data.on_device`),
+so both paths apply the very same arithmetic, and the tests check them equal on equal draws.
+The draws come from each path's own generator, seeded by `cnn_jax.data.seeds`: NumPy's for host
+batches, jax.random inside the jitted step on the device, TensorFlow's stateless ops for
+streamed image files, which are decoded, cropped (only the window of a JPEG is decoded) and
+flipped per example inside tf.data (`tf_train_image`). A batch is a function of (seed, step)
+only on every path. Zero padding is applied to raw pixels (black borders, as torchvision's
+`RandomCrop(32, padding=4)` before `Normalize`).
 """
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import numpy as np
+
+from cnn_jax.data import seeds
+from cnn_jax.validate import field
 
 # Inception-style random-resized crop (Szegedy et al. 2015; torchvision defaults).
 RRC_SCALE = (0.08, 1.0)
@@ -25,7 +35,15 @@ def eval_crop_fraction(random_resized_crop: bool) -> float:
     return EVAL_CROP_FRACTION if random_resized_crop else 1.0
 
 
-# ----------------------------------------------------------------------------- NumPy (host)
+# ------------------------------------------------------------ in-memory batches (NumPy and JAX)
+
+def settings(cfg: Any) -> dict[str, Any]:
+    """The augmentation fields of `config.data`."""
+    return dict(
+        padding=int(field(cfg, "crop_padding", 0)), flip=bool(field(cfg, "flip", False)),
+        mixup=float(field(cfg, "mixup_alpha", 0.0)), cutmix=float(field(cfg, "cutmix_alpha", 0.0)),
+        rrc=bool(field(cfg, "random_resized_crop", False)))
+
 
 def draw_crop_flip(rng: np.random.Generator, n: int, padding: int, flip: bool
                    ) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -35,25 +53,37 @@ def draw_crop_flip(rng: np.random.Generator, n: int, padding: int, flip: bool
     return offsets, flips
 
 
-def apply_crop_flip(images: np.ndarray, offsets: np.ndarray | None, flips: np.ndarray | None,
-                    padding: int) -> np.ndarray:
-    """Random crop after zero padding and horizontal flip of a (b, H, W, C) uint8 batch.
+def _windows(xp: Any, padded: Any, offsets: Any, h: int, w: int) -> Any:
+    """The h x w window at each example's offset: a strided view on the host, slices in XLA."""
+    if xp is np:
+        windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(1, 2))
+        return windows[np.arange(len(offsets)), offsets[:, 0], offsets[:, 1]].transpose(0, 2, 3, 1)
+    import jax
 
-    May return a non-contiguous view; `normalize` copies it anyway.
+    c = padded.shape[-1]
+    return jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(
+        padded, offsets)
+
+
+def crop_flip(xp: Any, images: Any, offsets: Any | None, flips: Any | None, padding: int) -> Any:
+    """Random crop after zero padding, then horizontal flip, of a (b, H, W, C) batch.
+
+    `offsets` (b, 2) in [0, 2 * padding] and `flips` (b,) bool come from `draw_crop_flip` (or
+    jax.random on the device); None turns that augmentation off.
     """
-    if offsets is None and flips is None:
-        return images
     b, h, w, _ = images.shape
     if offsets is not None:
-        padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-        windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(1, 2))
-        out = windows[np.arange(b), offsets[:, 0], offsets[:, 1]]  # (b, C, h, w) copy
-        if flips is not None:
-            out[flips] = out[flips, ..., ::-1]
-        return out.transpose(0, 2, 3, 1)
-    out = images.copy()
-    out[flips] = out[flips, :, ::-1]
-    return out
+        p = padding
+        images = _windows(xp, xp.pad(images, ((0, 0), (p, p), (p, p), (0, 0))), offsets, h, w)
+    if flips is not None:
+        images = xp.where(flips[:, None, None, None], images[:, :, ::-1], images)
+    return images
+
+
+def apply_crop_flip(images: np.ndarray, offsets: np.ndarray | None, flips: np.ndarray | None,
+                    padding: int) -> np.ndarray:
+    """`crop_flip` on the host (may return a non-contiguous view; `normalize` copies it)."""
+    return crop_flip(np, images, offsets, flips, padding)
 
 
 def normalize(images: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -62,6 +92,36 @@ def normalize(images: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> np.nda
     out *= scale
     out += bias
     return out
+
+
+def cutmix_box(xp: Any, uniform: Any, lam: Any, h: int, w: int) -> tuple[Any, Any, Any, Any]:
+    """Box (y1, y2, x1, x2) of area about (1 - lam) * h * w centred at a uniform point, clipped."""
+    cut = xp.sqrt(1.0 - lam)
+    ch, cw = xp.floor(h * cut).astype(np.int32), xp.floor(w * cut).astype(np.int32)
+    cy = xp.floor(uniform[0] * h).astype(np.int32)
+    cx = xp.floor(uniform[1] * w).astype(np.int32)
+    return (xp.maximum(cy - ch // 2, 0), xp.minimum(cy + ch // 2, h),
+            xp.maximum(cx - cw // 2, 0), xp.minimum(cx + cw // 2, w))
+
+
+def mix_images(xp: Any, images: Any, perm: Any, lam: Any, box: tuple | None) -> tuple[Any, Any]:
+    """Mixup (box None: lam * x + (1 - lam) * x[perm]) or CutMix (x[perm] inside the box).
+
+    Returns the mixed images and the weight of the unshuffled batch (CutMix: 1 - box area).
+    """
+    other = images[perm]
+    if box is None:
+        return lam * images + (1.0 - lam) * other, lam
+    h, w = images.shape[1:3]
+    y1, y2, x1, x2 = box
+    ys, xs = xp.arange(h)[:, None], xp.arange(w)[None, :]
+    inside = (ys >= y1) & (ys < y2) & (xs >= x1) & (xs < x2)
+    return xp.where(inside[None, :, :, None], other, images), 1.0 - (y2 - y1) * (x2 - x1) / (h * w)
+
+
+def mix_targets(onehot: Any, perm: Any, lam: Any) -> Any:
+    """Soft targets of a mixed batch: lam * y + (1 - lam) * y[perm]."""
+    return lam * onehot + (1.0 - lam) * onehot[perm]
 
 
 def mix(images: np.ndarray, labels: np.ndarray, num_classes: int, rng: np.random.Generator,
@@ -77,23 +137,22 @@ def mix(images: np.ndarray, labels: np.ndarray, num_classes: int, rng: np.random
     use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.random() < 0.5)
     if use_cutmix:
         lam = rng.beta(cutmix_alpha, cutmix_alpha)
-        y1, y2, x1, x2 = cutmix_box(rng.random(2), lam, h, w)
-        images = images.copy()
-        images[:, y1:y2, x1:x2] = images[perm, y1:y2, x1:x2]
-        lam = 1.0 - (y2 - y1) * (x2 - x1) / (h * w)
+        # Python ints, so that the weight stays a Python float (NumPy's weak scalar).
+        box = tuple(int(v) for v in cutmix_box(np, rng.random(2), lam, h, w))
     else:
-        lam = rng.beta(mixup_alpha, mixup_alpha)
-        images = lam * images + (1.0 - lam) * images[perm]
-    targets = lam * onehot + (1.0 - lam) * onehot[perm]
-    return images.astype(np.float32), targets.astype(np.float32)
+        lam, box = rng.beta(mixup_alpha, mixup_alpha), None
+    images, lam = mix_images(np, images, perm, lam, box)
+    return images.astype(np.float32), mix_targets(onehot, perm, lam).astype(np.float32)
 
 
-def cutmix_box(uniform: np.ndarray, lam: float, h: int, w: int) -> tuple[int, int, int, int]:
-    """Box of area about (1 - lam) * h * w centred at a uniform point, clipped to the image."""
-    cut = math.sqrt(1.0 - lam)
-    ch, cw = int(h * cut), int(w * cut)
-    cy, cx = int(uniform[0] * h), int(uniform[1] * w)
-    return (max(cy - ch // 2, 0), min(cy + ch // 2, h), max(cx - cw // 2, 0), min(cx + cw // 2, w))
+def maybe_mix(batch: dict, aug: dict, num_classes: int, seed: int, step: int, p: int) -> dict:
+    """`mix` of process p's host batch of `step` when data.mixup_alpha or data.cutmix_alpha is
+    on (adds `targets`)."""
+    if aug["mixup"] > 0 or aug["cutmix"] > 0:
+        rng = seeds.numpy_rng(seed, seeds.MIX, step, p)
+        batch["image"], batch["targets"] = mix(
+            batch["image"], batch["label"], num_classes, rng, aug["mixup"], aug["cutmix"])
+    return batch
 
 
 # ------------------------------------------------------------------- TensorFlow (image files)

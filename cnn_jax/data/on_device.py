@@ -5,7 +5,7 @@ device (`arrays`) and a pure function `batch_fn(arrays, step)` that the engine c
 fused into its train step: the epoch's permutation is keyed by fold_in(key, epoch) (a Feistel
 bijection, see `epoch_permutation`: every example once per epoch), then random crop with zero
 padding, horizontal flip, normalisation (and mixup/cutmix when configured), drawn from the same
-distributions as the host path. Single process only: multi-host runs use the host
+distributions as the host path, applied by the same functions (`cnn_jax.data.augment`). Single process only: multi-host runs use the host
 path (`create_train_iterator`), which shards batches across processes.
 """
 
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnn_jax.data import pipeline
+from cnn_jax.data import augment, pipeline, seeds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,44 +70,29 @@ def epoch_permutation(key: jax.Array, positions: jax.Array, n: int) -> jax.Array
 
 
 def _crop_flip(s: _Settings, images: jax.Array, key: jax.Array) -> jax.Array:
-    b, h, w, c = images.shape
+    b = images.shape[0]
     k_crop, k_flip = jax.random.split(key)
-    if s.padding > 0:
-        p = s.padding
-        padded = jnp.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
-        offsets = jax.random.randint(k_crop, (b, 2), 0, 2 * p + 1)
-        images = jax.vmap(
-            lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(padded, offsets)
-    if s.flip:
-        flips = jax.random.bernoulli(k_flip, 0.5, (b,))
-        images = jnp.where(flips[:, None, None, None], images[:, :, ::-1], images)
-    return images
+    offsets = (jax.random.randint(k_crop, (b, 2), 0, 2 * s.padding + 1) if s.padding > 0
+               else None)
+    flips = jax.random.bernoulli(k_flip, 0.5, (b,)) if s.flip else None
+    return augment.crop_flip(jnp, images, offsets, flips, s.padding)
 
 
 def _mix(s: _Settings, images: jax.Array, labels: jax.Array, key: jax.Array):
-    """Mixup or CutMix with one weight per batch (see augment.mix for the host twin)."""
+    """Mixup or CutMix with one weight per batch (augment.mix_images; augment.mix on the host)."""
     b, h, w, _ = images.shape
     k_perm, k_choice, k_lam, k_box = jax.random.split(key, 4)
     perm = jax.random.permutation(k_perm, b)
     onehot = jax.nn.one_hot(labels, s.num_classes, dtype=jnp.float32)
-    other = images[perm]
 
     def mixup():
         lam = jax.random.beta(k_lam, s.mixup_alpha, s.mixup_alpha) if s.mixup_alpha > 0 else 1.0
-        return lam * images + (1.0 - lam) * other, jnp.asarray(lam, jnp.float32)
+        return augment.mix_images(jnp, images, perm, jnp.asarray(lam, jnp.float32), None)
 
     def cutmix():
         lam = jax.random.beta(k_lam, s.cutmix_alpha, s.cutmix_alpha) if s.cutmix_alpha > 0 else 1.0
-        cut = jnp.sqrt(1.0 - lam)
-        ch, cw = jnp.floor(h * cut).astype(jnp.int32), jnp.floor(w * cut).astype(jnp.int32)
-        u = jax.random.uniform(k_box, (2,))
-        cy, cx = jnp.floor(u[0] * h).astype(jnp.int32), jnp.floor(u[1] * w).astype(jnp.int32)
-        y1, y2 = jnp.maximum(cy - ch // 2, 0), jnp.minimum(cy + ch // 2, h)
-        x1, x2 = jnp.maximum(cx - cw // 2, 0), jnp.minimum(cx + cw // 2, w)
-        ys, xs = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
-        box = (ys >= y1) & (ys < y2) & (xs >= x1) & (xs < x2)
-        mixed = jnp.where(box[None, :, :, None], other, images)
-        return mixed, 1.0 - ((y2 - y1) * (x2 - x1)).astype(jnp.float32) / (h * w)
+        box = augment.cutmix_box(jnp, jax.random.uniform(k_box, (2,)), lam, h, w)
+        return augment.mix_images(jnp, images, perm, lam, box)
 
     if s.mixup_alpha > 0 and s.cutmix_alpha > 0:
         use_cutmix = jax.random.bernoulli(k_choice, 0.5)
@@ -116,7 +101,7 @@ def _mix(s: _Settings, images: jax.Array, labels: jax.Array, key: jax.Array):
         lam = jnp.where(use_cutmix, c_lam, m_lam)
     else:
         mixed, lam = cutmix() if s.cutmix_alpha > 0 else mixup()
-    return mixed, lam * onehot + (1.0 - lam) * onehot[perm]
+    return mixed, augment.mix_targets(onehot, perm, lam)
 
 
 def _batch(s: _Settings, arrays: dict[str, jax.Array], step) -> dict[str, jax.Array]:
@@ -127,10 +112,9 @@ def _batch(s: _Settings, arrays: dict[str, jax.Array], step) -> dict[str, jax.Ar
     epoch, i = step // s.steps_per_epoch, step % s.steps_per_epoch
     # The seed travels as data when present, so that runs differing only in seed share one
     # compiled step (and the persistent compilation cache).
-    k_perm, k_aug = jax.random.split(jax.random.key(arrays.get("seed", s.seed)))
+    k_perm, k_crop, k_mix = seeds.device_keys(arrays.get("seed", s.seed), epoch, step)
     positions = i * s.batch_size + jnp.arange(s.batch_size)
-    index = epoch_permutation(jax.random.fold_in(k_perm, epoch), positions, n)
-    k_crop, k_mix = jax.random.split(jax.random.fold_in(k_aug, step))
+    index = epoch_permutation(k_perm, positions, n)
     x = _crop_flip(s, jnp.take(images, index, axis=0), k_crop)
     x = x.astype(jnp.float32) * jnp.asarray(s.scale) + jnp.asarray(s.bias)
     y = jnp.take(labels, index).astype(jnp.int32)
@@ -162,7 +146,7 @@ class OnDeviceData:
         split = pipeline._load_array(plan.source, plan.info.train_split, plan.image_size)
         pipeline._check_labels(split.labels, plan.info.num_classes,
                                f"Training split {plan.info.train_split!r}")
-        aug = pipeline._augment_settings(data_cfg)
+        aug = augment.settings(data_cfg)
         self.settings = _Settings(
             seed=int(seed), batch_size=self.global_batch_size,
             steps_per_epoch=self.steps_per_epoch, padding=aug["padding"], flip=aug["flip"],

@@ -11,7 +11,6 @@ examples with `mask`, so every example is counted exactly once over all processe
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import itertools
@@ -19,14 +18,14 @@ import math
 import os
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from cnn_jax import validate
-from cnn_jax.data import augment, idx, preprocess, splits
+from cnn_jax.data import augment, idx, preprocess, seeds, splits
+from cnn_jax.data.prefetch import OrderedMap
 from cnn_jax.data.sources import (DEFAULT_IMAGE_SIZE, IDX_NAMES, ArraySplit, FileSplit, Source,
                                   TfdsSplit, field, resolve_source)
 
@@ -80,27 +79,10 @@ def _check_idx_size(source: Source) -> None:
             "store other images as <root>/<split>/<class>/*.png and use data.name='image_folder'.")
 
 
-def _fit_size(images: np.ndarray, size: int) -> np.ndarray:
-    """Central square crop + resize of an in-memory uint8 array to size x size (no-op if equal)."""
-    if size <= 0 or images.shape[1:3] == (size, size):
-        return images
-    import tensorflow as tf
-
-    h, w = images.shape[1:3]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    out = []
-    for i in range(0, len(images), 4096):
-        chunk = images[i: i + 4096, top: top + side, left: left + side]
-        resized = tf.image.resize(chunk, [size, size], method="bilinear", antialias=True)
-        out.append(np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8))
-    return np.concatenate(out)
-
-
 def _load_array(source: Source, spec: str, image_size: int) -> ArraySplit:
     split = source.load(spec)
     assert isinstance(split, ArraySplit)
-    return ArraySplit(_fit_size(split.images, image_size), split.labels)
+    return ArraySplit(preprocess.fit_size(split.images, image_size), split.labels)
 
 
 def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
@@ -241,66 +223,7 @@ def _local_batch(global_batch_size: int, process_index: int, process_count: int)
     return global_batch_size // process_count
 
 
-def _seed(*parts: int) -> int:
-    """A 63-bit seed mixed from integers (SeedSequence), for tf.data and stateless ops."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
-
-
-# ----------------------------------------------------------------------------- prefetching
-
-class _OrderedMap(Iterator):
-    """Yields fn(k) for k in `keys`, computed `ahead` items ahead on a few threads, in order.
-
-    Each batch is a pure function of its step, so threads change only the speed (NumPy releases
-    the GIL while it copies and converts). Dropping or closing the iterator stops the threads.
-    """
-
-    def __init__(self, fn, keys: Iterable[int], ahead: int = 4):
-        workers = max(1, min(4, os.cpu_count() or 1))
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="cnn_jax_data")
-        self._fn, self._keys = fn, iter(keys)
-        self._pending: collections.deque = collections.deque()
-        for _ in range(max(ahead, workers)):
-            self._submit()
-
-    def _submit(self) -> None:
-        for k in self._keys:
-            self._pending.append(self._pool.submit(self._fn, k))
-            return
-
-    def __next__(self) -> Batch:
-        if not self._pending:
-            self.close()
-            raise StopIteration
-        future = self._pending.popleft()
-        self._submit()
-        return future.result()
-
-    def close(self) -> None:
-        """Cancels the batches computed ahead and stops the threads."""
-        self._pending.clear()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def __del__(self) -> None:
-        self.close()
-
-
 # ------------------------------------------------------------------------------- training
-
-def _augment_settings(cfg: Any) -> dict[str, Any]:
-    return dict(
-        padding=int(field(cfg, "crop_padding", 0)), flip=bool(field(cfg, "flip", False)),
-        mixup=float(field(cfg, "mixup_alpha", 0.0)), cutmix=float(field(cfg, "cutmix_alpha", 0.0)),
-        rrc=bool(field(cfg, "random_resized_crop", False)))
-
-
-def _maybe_mix(batch: Batch, aug: dict, num_classes: int, seed: int, step: int, p: int) -> Batch:
-    if aug["mixup"] > 0 or aug["cutmix"] > 0:
-        rng = np.random.default_rng([seed, 3, step, p])
-        batch["image"], batch["targets"] = augment.mix(
-            batch["image"], batch["label"], num_classes, rng, aug["mixup"], aug["cutmix"])
-    return batch
-
 
 class _ArrayTrainBatches:
     """Training batch of step s from an in-memory split (thread-safe, pure in (seed, s))."""
@@ -308,7 +231,7 @@ class _ArrayTrainBatches:
     def __init__(self, plan: _Plan, split: ArraySplit, B: int, b: int, seed: int, p: int):
         self.plan, self.split, self.B, self.b, self.seed, self.p = plan, split, B, b, seed, p
         self.spe = len(split.labels) // B
-        self.aug = _augment_settings(plan.cfg)
+        self.aug = augment.settings(plan.cfg)
         self._perms: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
 
@@ -318,7 +241,7 @@ class _ArrayTrainBatches:
                 if len(self._perms) >= 2:
                     self._perms.pop(min(self._perms))
                 n = len(self.split.labels)
-                self._perms[epoch] = np.random.default_rng([self.seed, 0, epoch]).permutation(n)
+                self._perms[epoch] = seeds.numpy_rng(self.seed, seeds.PERMUTATION, epoch).permutation(n)
             return self._perms[epoch]
 
     def __call__(self, step: int) -> Batch:
@@ -327,7 +250,7 @@ class _ArrayTrainBatches:
         index = self._perm(epoch)[i * B + p * b: i * B + (p + 1) * b]
         # Random draws cover the whole global batch, so a row's augmentation does not depend on
         # the number of processes.
-        offsets, flips = augment.draw_crop_flip(np.random.default_rng([self.seed, 1, step]), B,
+        offsets, flips = augment.draw_crop_flip(seeds.numpy_rng(self.seed, seeds.CROP_FLIP, step), B,
                                                 aug["padding"], aug["flip"])
         rows = slice(p * b, (p + 1) * b)
         images = augment.apply_crop_flip(
@@ -335,7 +258,7 @@ class _ArrayTrainBatches:
             None if flips is None else flips[rows], aug["padding"])
         batch = {"image": augment.normalize(images, self.plan.scale, self.plan.bias),
                  "label": self.split.labels[index].astype(np.int32)}
-        return _maybe_mix(batch, aug, self.plan.info.num_classes, self.seed, step, p)
+        return augment.maybe_mix(batch, aug, self.plan.info.num_classes, self.seed, step, p)
 
 
 def _map_or_placeholder(ds, load, placeholder):
@@ -381,11 +304,11 @@ def _files_train(plan: _Plan, split: FileSplit, B: int, b: int, seed: int, start
 
     n = len(split.labels)
     spe = n // B
-    aug = _augment_settings(plan.cfg)
+    aug = augment.settings(plan.cfg)
     size = plan.image_size
     scale, bias = tf.constant(plan.scale), tf.constant(plan.bias)
     paths, labels = tf.constant(split.paths), tf.constant(split.labels.astype(np.int32))
-    perm_seed, aug_seed = _seed(seed, 0) % (2**31), _seed(seed, 4)
+    perm_seed, aug_seed = seeds.int63(seed, seeds.PERMUTATION) % (2**31), seeds.int63(seed, seeds.FILE_AUGMENT)
     start_epoch, first = divmod(start_step, spe)
 
     def epoch(e):
@@ -416,7 +339,7 @@ def _files_train(plan: _Plan, split: FileSplit, B: int, b: int, seed: int, start
     for step, (images, labels_, weight) in enumerate(ds.as_numpy_iterator(), start=start_step):
         batch = failures({"image": images, "label": labels_.astype(np.int32), "weight": weight},
                          step)
-        yield _maybe_mix(batch, aug, plan.info.num_classes, seed, step, p)
+        yield augment.maybe_mix(batch, aug, plan.info.num_classes, seed, step, p)
 
 
 def _tfds_train(plan: _Plan, split: TfdsSplit, B: int, b: int, seed: int, start_step: int,
@@ -425,19 +348,19 @@ def _tfds_train(plan: _Plan, split: TfdsSplit, B: int, b: int, seed: int, start_
     import tensorflow_datasets as tfds
 
     spe = split.num_examples // B
-    aug = _augment_settings(plan.cfg)
+    aug = augment.settings(plan.cfg)
     size = plan.image_size
     scale, bias = tf.constant(plan.scale), tf.constant(plan.bias)
     part = tfds.even_splits(split.spec, P)[p] if P > 1 else split.spec
     buffer = int(min(int(field(plan.cfg, "shuffle_buffer", 50_000)), split.num_examples))
-    seed64 = _seed(seed, 4, p)
+    seed64 = seeds.int63(seed, seeds.FILE_AUGMENT, p)
     epoch, first = divmod(start_step, spe)
     failures = _DecodeFailures(plan.info.origin)
     while True:
-        read_config = tfds.ReadConfig(shuffle_seed=_seed(seed, 5, epoch, p) % (2**31))
+        read_config = tfds.ReadConfig(shuffle_seed=seeds.int63(seed, seeds.TFDS_READ, epoch, p) % (2**31))
         ds = split.builder.as_dataset(split=part, shuffle_files=True, read_config=read_config,
                                       decoders={"image": tfds.decode.SkipDecoding()})
-        ds = (ds.shuffle(buffer, seed=_seed(seed, 6, epoch, p), reshuffle_each_iteration=False)
+        ds = (ds.shuffle(buffer, seed=seeds.int63(seed, seeds.TFDS_SHUFFLE, epoch, p), reshuffle_each_iteration=False)
               .take(spe * b).enumerate().skip(first * b))
         base = epoch * spe * b
 
@@ -457,7 +380,7 @@ def _tfds_train(plan: _Plan, split: TfdsSplit, B: int, b: int, seed: int, start_
             step = epoch * spe + first + k
             batch = failures({"image": images, "label": labels.astype(np.int32),
                               "weight": weight}, step)
-            yield _maybe_mix(batch, aug, plan.info.num_classes, seed, step, p)
+            yield augment.maybe_mix(batch, aug, plan.info.num_classes, seed, step, p)
         epoch, first = epoch + 1, 0
 
 
@@ -481,7 +404,7 @@ def create_train_iterator(data_cfg: Any, *, global_batch_size: int, seed: int, s
         split = _load_array(plan.source, train_spec, plan.image_size)
         _check_labels(split.labels, plan.info.num_classes, f"Training split {train_spec!r}")
         batches = _ArrayTrainBatches(plan, split, global_batch_size, b, seed, process_index)
-        return _OrderedMap(batches, itertools.count(start_step))
+        return OrderedMap(batches, itertools.count(start_step))
     split = plan.source.load(train_spec)
     if isinstance(split, FileSplit):
         return _files_train(plan, split, global_batch_size, b, seed, start_step, process_index)
@@ -560,7 +483,7 @@ def create_eval_iterator(data_cfg: Any, split: str, *, global_batch_size: int,
         data = _load_array(plan.source, split, plan.image_size)
         _check_labels(data.labels, plan.info.num_classes, f"Split {split!r}")
         batch = functools.partial(_array_eval_batch, plan, data, global_batch_size, b, process_index)
-        return _OrderedMap(batch, range(math.ceil(len(data.labels) / global_batch_size)))
+        return OrderedMap(batch, range(math.ceil(len(data.labels) / global_batch_size)))
     data = plan.source.load(split)
     if isinstance(data, FileSplit):
         return _files_eval(plan, data, global_batch_size, b, process_index)

@@ -99,6 +99,23 @@ def cached_stats(cache_dir, key_parts: list[Any], compute) -> tuple[tuple[float,
     return mean, std
 
 
+def fit_size(images: np.ndarray, size: int) -> np.ndarray:
+    """Central square crop + resize of an in-memory uint8 array to size x size (no-op if equal)."""
+    if size <= 0 or images.shape[1:3] == (size, size):
+        return images
+    import tensorflow as tf
+
+    h, w = images.shape[1:3]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    out = []
+    for i in range(0, len(images), 4096):
+        chunk = images[i: i + 4096, top: top + side, left: left + side]
+        resized = tf.image.resize(chunk, [size, size], method="bilinear", antialias=True)
+        out.append(np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8))
+    return np.concatenate(out)
+
+
 def scale_bias(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (scale, bias) so that `uint8 * scale + bias == (x / 255 - mean) / std`."""
     mean_a, std_a = np.asarray(mean, np.float32), np.asarray(std, np.float32)
