@@ -51,20 +51,25 @@ def read_source(init_from: str) -> tuple[dict, dict, int, str]:
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{field}: directory {directory} does not exist; give the "
                                 f"--workdir of the run to start from, as DIR or DIR:STEP.")
-    steps = ckpt.checkpoint_steps(directory)
-    if not steps:
-        raise FileNotFoundError(f"{field}: no checkpoint in "
-                                f"{os.path.join(directory, ckpt.CHECKPOINT_SUBDIR)}; train that "
-                                f"run first, or point init_from at another run directory.")
-    if step is None:
-        step = steps[-1]
-    elif step not in steps:
-        raise FileNotFoundError(f"{field}: {directory} has no checkpoint at step {step}; it has "
-                                f"steps {steps}.")
+    none = FileNotFoundError(f"{field}: no checkpoint in "
+                             f"{os.path.join(directory, ckpt.CHECKPOINT_SUBDIR)}; train that run "
+                             f"first, or point init_from at another run directory.")
+    if not os.path.isdir(os.path.join(directory, ckpt.CHECKPOINT_SUBDIR)):
+        raise none
     store = ckpt.CheckpointStore(directory, read_only=True)
     try:
+        steps = store.steps()
+        if not steps:
+            raise none
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise FileNotFoundError(f"{field}: {directory} has no checkpoint at step {step}; it "
+                                    f"has steps {steps}.")
         meta = store.read_meta(step)
         tree = store.read_state(step, meta, None)
+    except FileNotFoundError:
+        raise
     except Exception as e:  # noqa: BLE001 - any failure to read means a damaged checkpoint
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
         raise ckpt.CheckpointError(
