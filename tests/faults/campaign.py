@@ -25,8 +25,9 @@ move in any Orbax/etils release; they stay here, in the campaign, and nowhere in
 --force semantics (scenario 8). A workdir remembers its run's resolved config. Resuming with a
 config that differs in any field outside `checkpoint.RESUME_SAFE_FIELDS` (fields that only drive
 the run: logging/eval/checkpoint cadence, keep counts, async saves, compilation cache,
-steps_per_dispatch, parallel, eval batch size, num_epochs/total_steps, eval/val split, shuffle
-buffer, max_bad_fraction) is refused with every differing field listed as `stored -> new`.
+steps_per_dispatch, eval batch size, flip TTA, eval/val split, max_bad_fraction, cache and tfds
+locations), or on training data with another fingerprint, is refused with every difference listed
+as `stored -> new` (`--extend` lets total_steps/num_epochs grow).
 `--force` resumes anyway: the newest good checkpoint's arrays are loaded into the new config's
 state and training continues from its step with the new config (new learning rate, new seed, ...);
 config.json is rewritten. It cannot make arrays fit: a checkpoint whose arrays differ in shape or
