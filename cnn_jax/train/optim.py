@@ -48,8 +48,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.optim.{flag} must be True or False, got {o[flag]!r}.")
 
 
-# experiments/default.py's values of the fields that only some optimizers or schedules read
-# (tests/test_optim_settings.py keeps the two equal). A field still at its default was not set
+# The default experiment config's values of the fields that only some optimizers or schedules
+# read (a test keeps the two equal). A field still at its default was not set
 # by the user, so it gets no warning where it has no effect.
 DEFAULTS = {"momentum": 0.9, "nesterov": False, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
             "weight_decay_mode": "l2", "decay_bn_and_bias": False, "milestones": (),
