@@ -7,7 +7,6 @@ epoch, the elapsed wall time and a CRC32 of every array so that a damaged checkp
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import zlib
@@ -17,6 +16,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+
+from cnn_jax import files
 
 CHECKPOINT_SUBDIR = "checkpoints"
 QUARANTINE_SUBDIR = "checkpoints_corrupt"
@@ -245,12 +246,7 @@ def load_latest(workdir: str, use_ema: bool = True) -> tuple[dict, dict, int]:
 
 def read_json(path: str) -> dict | None:
     """A JSON file's object, or None when it is missing or unreadable."""
-    try:
-        with open(path) as f:
-            obj = json.load(f)
-        return obj if isinstance(obj, dict) else None
-    except (OSError, ValueError):
-        return None
+    return files.read_json_object(path)
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -263,11 +259,7 @@ def write_json(path: str, obj: Any) -> None:
     if replaced:
         print(f"WARNING: {os.path.basename(path)}: not a finite number, written as null: "
               + ", ".join(replaced[:10]) + (" ..." if len(replaced) > 10 else ""), flush=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    files.write_json(path, obj, allow_nan=False)
 
 
 def strict_json_value(x: Any, replaced: list[str] | None = None, where: str = "") -> Any:
