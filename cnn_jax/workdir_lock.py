@@ -38,6 +38,8 @@ import sys
 import time
 from typing import Any, Callable, Iterator
 
+from cnn_jax import files
+
 LOCK_FILE = ".lock"
 _RETRIES = 20           # attempts before refusing ...
 _RETRY_SLEEP_S = 0.05   # ... this far apart: about a second in all
@@ -143,7 +145,7 @@ def hold(directory: str | os.PathLike, *, kind: str = "run", index: int = 0,
     if not directory:
         raise ValueError(f"--workdir is empty: give the {kind}'s directory "
                          "(an unset shell variable?).")
-    directory = os.path.abspath(os.path.expanduser(directory))
+    directory = files.user_path(directory)
     if check_only:
         holder = live_holder(directory, index)
         if holder is not None:

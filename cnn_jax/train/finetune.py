@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import optax
 
+from cnn_jax import files
 from cnn_jax.train import checkpoint as ckpt
 
 FROZEN, TRAINABLE = "frozen", "trainable"
@@ -37,7 +38,7 @@ def parse_init_from(value: str) -> tuple[str, int | None]:
         value, step = path, int(tail)
     else:
         step = None
-    return os.path.abspath(os.path.expanduser(value)), step
+    return files.user_path(value), step
 
 
 def read_source(init_from: str) -> tuple[dict, dict, int, str]:
