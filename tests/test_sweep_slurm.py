@@ -5,6 +5,7 @@ sbatch script of a multi-node SLURM sweep, checked against a stand-in `sbatch` (
 import csv
 import json
 import os
+import signal
 import stat
 import sys
 import textwrap
@@ -174,3 +175,42 @@ def test_multihost_under_slurm_leaves_coordinator_and_ranks_to_slurms_variables(
     finally:
         flags.FLAGS.unparse_flags()
     assert recorded == {"coordinator_address": None, "num_processes": None, "process_id": None}
+
+
+def _checkpoints(run_dir: Path) -> list[int]:
+    ckpts = run_dir / "checkpoints"
+    return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.is_dir() else []
+
+
+@pytest.mark.slow
+def test_a_preempted_job_checkpoints_is_requeued_and_resumes(tmp_path, monkeypatch):
+    """SLURM's warning signal (USR2, as before a time limit or a preemption) to a job of
+    submitit's local executor: the point checkpoints, the job is requeued and finishes."""
+    import time
+
+    from cnn_jax.sweep import plan
+
+    monkeypatch.chdir(REPO)
+    config = "experiments/mlp_vs_cnn_cifar10.py:runlocal,data=synthetic,nets=mlp"
+    overrides = ["--config.total_steps=150", "--config.checkpoint_every_steps=25",
+                 "--config.log_every_steps=25", "--config.eval_every_steps=150"]
+    root = tmp_path / "sweep"
+    (name, axes), = plan.get_points(config)
+    commands = {name: plan.point_command(config, str(root), name, axes, overrides)}
+    settings = slurm.settings(config, {"time_min": 30})
+    jobs = slurm.submit([name], commands, root, 1, plan.point_env(config), settings,
+                        cluster="local")
+    deadline = time.time() + 300
+    while time.time() < deadline and not _checkpoints(root / name):
+        time.sleep(0.05)
+    assert _checkpoints(root / name) and not rundir.is_finished(root / name)
+    # SLURM's warning signal goes to the job's task: the submitit worker that started the run.
+    run_pid = rundir.read_status(root / name)["pid"]
+    worker = int(Path(f"/proc/{run_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    os.kill(worker, signal.SIGUSR2)
+    status = slurm.wait(jobs, root, print)[name]
+    assert status["status"] == "finished", status
+    log = (root / name / rundir.LOG_FILE).read_text()
+    assert log.count("\n=== ") == 2  # the first start, and the requeued one
+    assert "Resuming from checkpoint step" in log.split("\n=== ")[-1]
+    assert json.loads((root / name / "results.json").read_text())["step"] == 150

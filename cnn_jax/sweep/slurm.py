@@ -17,8 +17,9 @@ Resources come from the experiment file's optional `get_slurm(arg) -> dict` and 
 The job runs the same point command as a local sweep (`python -m cnn_jax ...`) in a child
 process, with the same `sweep_log.txt` and `sweep_status.json`, so resuming (re-run the sweep:
 finished points are skipped, the others resume from their checkpoints) and the report are as for
-local sweeps. A job that SLURM stops (time limit, preemption) sends the run SIGTERM: it
-checkpoints and stops, and the next run of the sweep resumes it. submitit's files (the sbatch
+local sweeps. Before a time limit or on a preemption SLURM signals the job; the run is sent
+SIGTERM (it checkpoints and stops) and submitit requeues the job, which resumes the point from
+that checkpoint (see PointJob). Re-running the sweep resumes whatever is left as well. submitit's files (the sbatch
 scripts and the jobs' own logs) go to `DIR/.submitit/`.
 """
 
@@ -28,6 +29,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -134,10 +136,25 @@ def make_executor(folder: Path, s: dict[str, Any], parallel: int, name: str,
 
 class PointJob:
     """What a job runs: the point's command, as a local sweep would (rank 0 keeps the log and the
-    status; on a multi-node job every other rank runs the same command beside it)."""
+    status; on a multi-node job every other rank runs the same command beside it).
+
+    On a time limit or a preemption SLURM signals the job (USR2, `signal_delay_s` before the
+    end); submitit then calls `checkpoint`, which asks the run to checkpoint and stop (SIGTERM,
+    as a local sweep does), waits for it, and has submitit requeue the job: the point resumes
+    from that checkpoint, under the same job id, while the sweep keeps waiting for it.
+    """
+
+    STOP_WAIT_S = 75  # within submitit's default signal_delay_s of 90 s
 
     def __init__(self, argv: list[str], run_dir: str, env: dict[str, str]):
         self.argv, self.run_dir, self.env = argv, run_dir, env
+        self._children: Children | None = None
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_children"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _children=None)
 
     def __call__(self) -> dict:
         try:
@@ -146,11 +163,29 @@ class PointJob:
             rank = 0
         run_dir = Path(self.run_dir)
         if rank == 0:
-            return run_point(self.argv, run_dir, self.env, Children())
+            self._children = Children()
+            return run_point(self.argv, run_dir, self.env, self._children)
         with open(run_dir / f"sweep_log.rank{rank}.txt", "a") as log:
             code = subprocess.call(self.argv, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, env=self.env)
         return {"status": "finished" if code == 0 else "failed", "rank": rank}
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        """Stops the running point (it checkpoints), then resubmits this same job."""
+        children = self._children
+        if children is not None:
+            procs = list(children.procs)
+            children.terminate()
+            deadline = time.time() + self.STOP_WAIT_S
+            for proc in procs:  # not proc.wait(): the interrupted main thread holds its lock
+                while time.time() < deadline:
+                    try:
+                        if os.waitpid(proc.pid, os.WNOHANG)[0]:
+                            break
+                    except ChildProcessError:
+                        break
+                    time.sleep(0.5)
+        return _submitit().helpers.DelayedSubmission(PointJob(self.argv, self.run_dir, self.env))
 
 
 def submit(todo: Sequence[str], commands: dict[str, list[str]], root: Path, parallel: int,
