@@ -15,7 +15,6 @@ import dataclasses
 import functools
 import itertools
 import math
-import os
 import threading
 import warnings
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ import numpy as np
 from cnn_jax import validate
 from cnn_jax.data import augment, idx, preprocess, seeds, splits
 from cnn_jax.data.prefetch import OrderedMap
+from cnn_jax.data.undecodable import DecodeFailures, map_or_placeholder
 from cnn_jax.data.sources import (DEFAULT_IMAGE_SIZE, IDX_NAMES, ArraySplit, FileSplit, Source,
                                   TfdsSplit, field, resolve_source)
 
@@ -261,42 +261,6 @@ class _ArrayTrainBatches:
         return augment.maybe_mix(batch, aug, self.plan.info.num_classes, self.seed, step, p)
 
 
-def _map_or_placeholder(ds, load, placeholder):
-    """`ds.map(load)` in order, except that an element whose `load` fails (an image that does not
-    decode) becomes `placeholder(*element)` at the same position.
-
-    Unlike `ignore_errors()`, nothing shifts: batch s still holds the examples of step s. Each
-    element is loaded in its own one-element dataset (errors dropped there), followed by the
-    placeholder, of which the first is kept; the interleave decodes in parallel, in order.
-    """
-    import tensorflow as tf
-
-    def one(*x):
-        good = tf.data.Dataset.from_tensors(x).map(load).ignore_errors()
-        return good.concatenate(tf.data.Dataset.from_tensors(placeholder(*x))).take(1)
-
-    return ds.interleave(one, cycle_length=max(2, os.cpu_count() or 1), block_length=1,
-                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-
-class _DecodeFailures:
-    """Counts the training images that failed to decode (weight 0) and warns as they appear."""
-
-    def __init__(self, where: str):
-        self.where, self.total = where, 0
-
-    def __call__(self, batch: Batch, step: int) -> Batch:
-        bad = int(np.sum(batch["weight"] == 0))
-        if bad:
-            self.total += bad
-            warnings.warn(
-                f"{bad} training image(s) of {self.where} failed to decode in the batch of step "
-                f"{step} ({self.total} so far): each is a zero image with weight 0 in the loss "
-                "and metrics, so later batches do not shift. Fix or remove the file(s).",
-                stacklevel=2)
-        return batch
-
-
 def _files_train(plan: _Plan, split: FileSplit, B: int, b: int, seed: int, start_step: int,
                  p: int) -> Iterator[Batch]:
     """One endless tf.data pipeline over image files (traced once, not once per epoch)."""
@@ -332,10 +296,10 @@ def _files_train(plan: _Plan, split: FileSplit, B: int, b: int, seed: int, start
     def placeholder(path, label, uid):  # an image that does not decode: zeros, weight 0
         return tf.zeros((size, size, 3), tf.float32), label, tf.constant(0.0)
 
-    ds = _map_or_placeholder(tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch), load,
+    ds = map_or_placeholder(tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch), load,
                              placeholder)
     ds = ds.batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    failures = _DecodeFailures(plan.info.origin)
+    failures = DecodeFailures(plan.info.origin)
     for step, (images, labels_, weight) in enumerate(ds.as_numpy_iterator(), start=start_step):
         batch = failures({"image": images, "label": labels_.astype(np.int32), "weight": weight},
                          step)
@@ -355,7 +319,7 @@ def _tfds_train(plan: _Plan, split: TfdsSplit, B: int, b: int, seed: int, start_
     buffer = int(min(int(field(plan.cfg, "shuffle_buffer", 50_000)), split.num_examples))
     seed64 = seeds.int63(seed, seeds.FILE_AUGMENT, p)
     epoch, first = divmod(start_step, spe)
-    failures = _DecodeFailures(plan.info.origin)
+    failures = DecodeFailures(plan.info.origin)
     while True:
         read_config = tfds.ReadConfig(shuffle_seed=seeds.int63(seed, seeds.TFDS_READ, epoch, p) % (2**31))
         ds = split.builder.as_dataset(split=part, shuffle_files=True, read_config=read_config,
@@ -374,7 +338,7 @@ def _tfds_train(plan: _Plan, split: TfdsSplit, B: int, b: int, seed: int, start_
         def placeholder(i, ex):  # an image that does not decode: zeros, weight 0
             return tf.zeros((size, size, 3), tf.float32), ex["label"], tf.constant(0.0)
 
-        ds = (_map_or_placeholder(ds, load, placeholder)
+        ds = (map_or_placeholder(ds, load, placeholder)
               .batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
         for k, (images, labels, weight) in enumerate(ds.as_numpy_iterator()):
             step = epoch * spe + first + k
