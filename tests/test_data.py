@@ -518,6 +518,19 @@ def test_streamed_image_that_fails_to_decode_keeps_every_position(tmp_path):
         placeholders += int((~good).sum())
     assert placeholders == 2  # once per epoch
 
+    # Evaluation: not scored (mask 0) and counted, every other example in place.
+    _write_tree(broken, {"val": {"a": 3, "b": 2}}, size=(10, 10), seed=1)
+    bad = broken / "val" / "b" / "001.png"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    cfg = _cfg(tmp_path, name="image_folder", path=str(broken), eval_split="val", image_size=8,
+               cache_dir=str(broken / ".cache"))
+    for processes in (1, 2):
+        with pytest.warns(UserWarning, match=r"image\(s\) of split 'val' .*failed to decode"):
+            got = [b for q in range(processes) for b in data.create_eval_iterator(
+                cfg, "val", global_batch_size=4, process_index=q, process_count=processes)]
+        assert sum(b["mask"].sum() for b in got) == 4
+        assert sum(b["undecodable"].sum() for b in got) == 1
+
 
 @pytest.mark.parametrize("rrc,fraction", [(False, 1.0), (True, 0.875)])
 def test_streamed_eval_crop_fits_small_images(tmp_path, rrc, fraction):

@@ -238,22 +238,34 @@ def test_zero_weight_examples_do_not_move_the_step():
 def test_streamed_folder_with_an_undecodable_image_trains_and_resumes_exactly(tmp_path):
     tree = tmp_path / "tree"
     _write_image_tree(tree, {"train": 8, "test": 2})
-    bad = tree / "train" / "class_1" / "003.png"
-    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # the header still parses
+    for bad in (tree / "train" / "class_1" / "003.png", tree / "test" / "class_0" / "001.png"):
+        bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # the header still parses
     config = tiny_config(total_steps=6, batch_size=8, checkpoint_every_steps=3,
                          eval_every_steps=6, **{  # epoch 1 (steps 0-4) visits every image
                              "data.name": "image_folder", "data.path": str(tree),
                              "data.image_size": 6, "data.cache_dir": str(tmp_path / "cache")})
     full, run = tmp_path / "full", tmp_path / "run"
-    with pytest.warns(UserWarning, match="failed to decode"):
+    def warned(record):
+        messages = [str(w.message) for w in record]
+        assert any("failed to decode in the batch of step 4" in m for m in messages), messages
+        assert any("of split 'test'" in m and "not scored" in m for m in messages), messages
+
+    with pytest.warns(UserWarning) as record:
         results = loop.train_and_evaluate(config, str(full))
+    warned(record)
     assert results["status"] == "finished" and np.isfinite(results["final"]["train"]["loss"])
-    with pytest.warns(UserWarning, match="failed to decode in the batch of step 4"):
+    assert results["final"]["test"]["num_examples"] == 9  # of 10: one does not decode
+    with pytest.warns(UserWarning, match="failed to decode: not scored"):
+        out = loop.evaluate_checkpoint(config, str(full))
+    assert out["num_examples"] == 9 and out["num_undecodable"] == 1
+    with pytest.warns(UserWarning) as record:
         loop.train_and_evaluate(config, str(run))
+    warned(record)
     shutil.rmtree(run / "checkpoints" / "6")
     (run / "results.json").unlink()
-    with pytest.warns(UserWarning, match="failed to decode in the batch of step 4"):
+    with pytest.warns(UserWarning) as record:
         loop.train_and_evaluate(config, str(run))  # resumes at step 3: the same batches follow
+    warned(record)
     assert_bitwise_equal(checkpoint_params(run)[0], checkpoint_params(full)[0])
 
 

@@ -389,7 +389,8 @@ def _array_eval_batch(plan: _Plan, split: ArraySplit, B: int, b: int, p: int, s:
             "mask": mask.astype(np.float32)}
 
 
-def _files_eval(plan: _Plan, split: FileSplit, B: int, b: int, p: int) -> Iterator[Batch]:
+def _files_eval(plan: _Plan, split: FileSplit, B: int, b: int, p: int, spec: str
+                ) -> Iterator[Batch]:
     import tensorflow as tf
 
     n = len(split.labels)
@@ -404,12 +405,24 @@ def _files_eval(plan: _Plan, split: FileSplit, B: int, b: int, p: int) -> Iterat
         image = augment.tf_eval_image(tf.io.read_file(path), image_size=size,
                                       crop_fraction=fraction)
         image = (tf.cast(image, tf.float32) * scale + bias) * m
-        return {"image": image, "label": label * tf.cast(m, tf.int32), "mask": m}
+        return {"image": image, "label": label * tf.cast(m, tf.int32), "mask": m,
+                "undecodable": tf.constant(0.0)}
 
-    ds = (tf.data.Dataset.from_tensor_slices(
+    def placeholder(path, label, m):  # not scored (mask 0), counted as undecodable
+        return {"image": tf.zeros((size, size, 3), tf.float32), "label": label * 0,
+                "mask": tf.constant(0.0), "undecodable": m}
+
+    ds = tf.data.Dataset.from_tensor_slices(
         (split.paths[index], split.labels[index], mask.astype(np.float32)))
-        .map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(b).prefetch(tf.data.AUTOTUNE))
-    yield from ds.as_numpy_iterator()
+    ds = map_or_placeholder(ds, load, placeholder).batch(b).prefetch(tf.data.AUTOTUNE)
+    failed = 0
+    for batch in ds.as_numpy_iterator():
+        failed += int(batch["undecodable"].sum())
+        yield batch
+    if failed:
+        warnings.warn(f"{failed} image(s) of split {spec!r} in {plan.info.origin} failed to "
+                      "decode: not scored (counted as num_undecodable). Fix or remove the "
+                      "file(s).", stacklevel=2)
 
 
 def _tfds_eval(plan: _Plan, split: TfdsSplit, b: int, p: int, P: int) -> Iterator[Batch]:
@@ -440,7 +453,9 @@ def _tfds_eval(plan: _Plan, split: TfdsSplit, b: int, p: int, P: int) -> Iterato
 def create_eval_iterator(data_cfg: Any, split: str, *, global_batch_size: int,
                          process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
     """One pass over `split`: host-local batches of `image`, `label` and `mask` (float32, 1 for
-    real examples); the last global batch is padded so every step has the same shape."""
+    real examples); the last global batch is padded so every step has the same shape. Streamed
+    image files add `undecodable` (float32, 1 where a real example failed to decode: its mask
+    is 0)."""
     b = _local_batch(global_batch_size, process_index, process_count)
     plan = _plan(data_cfg, splits_to_count=(str(field(data_cfg, "train_split", "train")), split))
     if plan.source.kind == "array":
@@ -450,7 +465,7 @@ def create_eval_iterator(data_cfg: Any, split: str, *, global_batch_size: int,
         return OrderedMap(batch, range(math.ceil(len(data.labels) / global_batch_size)))
     data = plan.source.load(split)
     if isinstance(data, FileSplit):
-        return _files_eval(plan, data, global_batch_size, b, process_index)
+        return _files_eval(plan, data, global_batch_size, b, process_index, split)
     return _tfds_eval(plan, data, b, process_index, process_count)
 
 

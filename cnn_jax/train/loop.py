@@ -197,8 +197,9 @@ def evaluate(setup: Setup, state: TrainState, split: str) -> dict:
     it = setup.data_lib.create_eval_iterator(
         setup.config.data, split, global_batch_size=setup.eval_batch_size,
         process_index=jax.process_index(), process_count=jax.process_count())
-    total = None
+    total, undecodable = None, 0.0
     for batch in it:
+        undecodable += float(np.sum(batch.get("undecodable", 0.0)))
         batch = {k: batch[k] for k in ("image", "label", "mask") if k in batch}
         sums = setup.strategy.eval_sums(state, setup.strategy.place_batch(batch))
         total = sums if total is None else jax.tree.map(jnp.add, total, sums)
@@ -206,7 +207,11 @@ def evaluate(setup: Setup, state: TrainState, split: str) -> dict:
         raise ValueError(f"The evaluation split {split!r} yielded no batches.")
     total = setup.strategy.fetch(total)
     count = float(total["count"])
-    return {"loss": float(total["loss"]) / count, "top1": float(total["top1"]) / count,
+    if jax.process_count() > 1:  # each process counted its own files
+        from jax.experimental import multihost_utils
+        undecodable = float(np.sum(multihost_utils.process_allgather(np.float32(undecodable))))
+    return {"num_undecodable": int(round(undecodable)),
+            "loss": float(total["loss"]) / count, "top1": float(total["top1"]) / count,
             "top5": float(total["top5"]) / count, "num_examples": int(round(count)),
             "seconds": time.time() - start, **metrics_lib.per_class(total["confusion"])}
 
@@ -719,7 +724,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
            "num_examples": m["num_examples"], "split": split, "step": step,
            "model": config.model.name, "data": config.data.name,
            **{k: m[k] for k in metrics_lib.PER_CLASS_KEYS}}
-    if m["num_examples"] != expected:
+    if m["num_undecodable"]:
+        out["num_undecodable"] = m["num_undecodable"]
+    if m["num_examples"] + m["num_undecodable"] != expected:
         raise RuntimeError(f"Evaluation counted {m['num_examples']} examples but split {split!r} "
                            f"has {expected}: the evaluation input pipeline dropped or repeated "
                            f"examples.")
