@@ -115,6 +115,14 @@ def test_sbatch_script_of_a_multi_node_sweep(tmp_path, monkeypatch, capsys):
         assert status["status"] == "submitted" and status["job_id"] == job.job_id
         # Multi-node: every process of the job joins jax.distributed (SLURM's variables).
         assert "--multihost" in status["command"] and "-m cnn_jax" in status["command"]
+        # What the job will run: the point's command, in the node's own environment (only
+        # PYTHONPATH travels, so SLURM's variables on the node are the ones the run sees).
+        from submitit.core.utils import DelayedSubmission
+
+        point_job = DelayedSubmission.load(job.paths.submitted_pickle).function
+        assert point_job.argv[1:3] == ["-m", "cnn_jax"] and "--multihost" in point_job.argv
+        assert point_job.pythonpath == str(tmp_path.resolve().parent)
+        assert not hasattr(point_job, "env")
     plan = json.loads((workdir / rundir.SWEEP_FILE).read_text())
     assert plan["slurm"]["gpus_per_node"] == 4 and plan["slurm"]["partition"] == "gpu"
     rows = {r["point"]: r for r in csv.DictReader(open(workdir / "summary.csv"))}
@@ -198,8 +206,7 @@ def test_a_preempted_job_checkpoints_is_requeued_and_resumes(tmp_path, monkeypat
     (name, axes), = plan.get_points(config)
     commands = {name: plan.point_command(config, str(root), name, axes, overrides)}
     settings = slurm.settings(config, {"time_min": 30})
-    jobs = slurm.submit([name], commands, root, 1, plan.point_env(config), settings,
-                        cluster="local")
+    jobs = slurm.submit([name], commands, root, 1, config, settings, cluster="local")
     deadline = time.time() + 300
     while time.time() < deadline and not _checkpoints(root / name):
         time.sleep(0.05)

@@ -138,8 +138,8 @@ def main(config_arg: str, workdir: str, *, dry_run: bool = False, parallel: int 
     if executor == "local":
         statuses, stopping = run_local(todo, commands, root, parallel, env, echo)
     else:
-        statuses, stopping = slurm.run_jobs(todo, commands, root, parallel, env, slurm_settings,
-                                            echo, cluster=submitit_cluster)
+        statuses, stopping = slurm.run_jobs(todo, commands, root, parallel, config_arg,
+                                            slurm_settings, echo, cluster=submitit_cluster)
     if todo:
         plan["last_run"] = {
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),

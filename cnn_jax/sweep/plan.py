@@ -182,9 +182,14 @@ def display_command(flags: Sequence[str]) -> str:
     return shlex.join(["python", *ENTRY_POINT, *flags])
 
 
-def point_env(config_arg: str) -> dict[str, str]:
-    """The environment of a point's process: this one, with the experiment files importable."""
-    env = dict(os.environ)
-    root = experiment_root(split_config_arg(config_arg)[0])
+def point_env(config_arg: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a point's process: `base` (default: this process's), with the
+    experiment files importable (their root first on PYTHONPATH)."""
+    return with_pythonpath(experiment_root(split_config_arg(config_arg)[0]), base)
+
+
+def with_pythonpath(root: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """`base` (default: this process's environment) with `root` first on PYTHONPATH."""
+    env = dict(os.environ if base is None else base)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     return env

@@ -146,8 +146,10 @@ class PointJob:
 
     STOP_WAIT_S = 75  # within submitit's default signal_delay_s of 90 s
 
-    def __init__(self, argv: list[str], run_dir: str, env: dict[str, str]):
-        self.argv, self.run_dir, self.env = argv, run_dir, env
+    def __init__(self, argv: list[str], run_dir: str, pythonpath: str):
+        # Only PYTHONPATH travels: the run gets the node's own environment (SLURM's variables,
+        # CUDA_VISIBLE_DEVICES), not a copy of the submitting host's.
+        self.argv, self.run_dir, self.pythonpath = argv, run_dir, pythonpath
         self._children: Children | None = None
 
     def __getstate__(self) -> dict:
@@ -162,12 +164,13 @@ class PointJob:
         except RuntimeError:  # not inside a submitit job (called directly)
             rank = 0
         run_dir = Path(self.run_dir)
+        env = plan_lib.with_pythonpath(self.pythonpath)
         if rank == 0:
             self._children = Children()
-            return run_point(self.argv, run_dir, self.env, self._children)
+            return run_point(self.argv, run_dir, env, self._children)
         with open(run_dir / f"sweep_log.rank{rank}.txt", "a") as log:
             code = subprocess.call(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, env=self.env)
+                                   stdin=subprocess.DEVNULL, env=env)
         return {"status": "finished" if code == 0 else "failed", "rank": rank}
 
     def checkpoint(self, *args: Any, **kwargs: Any):
@@ -185,12 +188,14 @@ class PointJob:
                     except ChildProcessError:
                         break
                     time.sleep(0.5)
-        return _submitit().helpers.DelayedSubmission(PointJob(self.argv, self.run_dir, self.env))
+        return _submitit().helpers.DelayedSubmission(PointJob(self.argv, self.run_dir,
+                                                                  self.pythonpath))
 
 
 def submit(todo: Sequence[str], commands: dict[str, list[str]], root: Path, parallel: int,
-           env: dict[str, str], s: dict[str, Any], cluster: str = "slurm") -> dict[str, Any]:
+           config_arg: str, s: dict[str, Any], cluster: str = "slurm") -> dict[str, Any]:
     """Submits one job per point (a job array); records each job id in the point's status."""
+    pythonpath = plan_lib.experiment_root(plan_lib.split_config_arg(config_arg)[0])
     executor = make_executor(root / SUBMITIT_DIR, s, parallel, name=f"sweep-{root.name}",
                              cluster=cluster)
     jobs = []
@@ -198,7 +203,7 @@ def submit(todo: Sequence[str], commands: dict[str, list[str]], root: Path, para
         for name in todo:
             (root / name).mkdir(parents=True, exist_ok=True)
             argv = [*plan_lib.launcher(), *commands[name]]
-            jobs.append((name, executor.submit(PointJob(argv, str(root / name), env))))
+            jobs.append((name, executor.submit(PointJob(argv, str(root / name), pythonpath))))
     out = {}
     for name, job in jobs:
         rundir.write_json(root / name / rundir.STATUS_FILE, {
@@ -229,12 +234,12 @@ def wait(jobs: dict[str, Any], root: Path, echo: Callable[[str], None]) -> dict[
 
 
 def run_jobs(todo: Sequence[str], commands: dict[str, list[str]], root: Path, parallel: int,
-             env: dict[str, str], s: dict[str, Any], echo: Callable[[str], None],
+             config_arg: str, s: dict[str, Any], echo: Callable[[str], None],
              cluster: str = "slurm") -> tuple[dict[str, dict], bool]:
     """Submits one job per point, then waits for them all (see `wait`)."""
     if not todo:
         return {}, False
-    jobs = submit(todo, commands, root, parallel, env, s, cluster=cluster)
+    jobs = submit(todo, commands, root, parallel, config_arg, s, cluster=cluster)
     echo(f"submitted {len(jobs)} job(s): " + ", ".join(f"{n}={j.job_id}" for n, j in jobs.items())
          + f"; submitit files in {root / SUBMITIT_DIR}")
     return wait(jobs, root, echo), False
