@@ -168,10 +168,12 @@ class Conv(nn.Conv):
 
 
 class GroupNorm(nn.Module):
-    """GroupNorm with at most `num_groups` groups: uses the largest divisor of the channel count.
+    """GroupNorm (Wu & He 2018) with exactly `num_groups` groups of channels.
 
-    Small nets (LeNet's 6 channels, CIFAR ResNets' 16) cannot use 32 groups; this keeps
-    `norm="group"` usable by every network. `num_groups=1` normalises over (H, W, C): LayerNorm.
+    The count is the model's `norm_groups` field (32 by default, the paper's choice); a layer
+    whose channel count it does not divide fails at trace time naming the layer, its channels and
+    the divisors that would fit, instead of silently using another count (16 channels with 16
+    groups would be InstanceNorm). `num_groups=1` normalises over (H, W, C): LayerNorm.
     """
 
     num_groups: int = 32
@@ -183,8 +185,15 @@ class GroupNorm(nn.Module):
     @nn.compact
     def __call__(self, x):
         channels = x.shape[-1]
-        groups = max(g for g in range(1, min(self.num_groups, channels) + 1) if channels % g == 0)
-        norm = nn.GroupNorm(num_groups=groups, epsilon=self.epsilon, dtype=self.dtype,
+        groups = self.num_groups
+        if not isinstance(groups, (int, np.integer)) or groups < 1 or channels % groups:
+            fits = [g for g in range(1, min(channels, 32) + 1) if channels % g == 0]
+            raise ValueError(
+                f"layer {_layer_name(self)}: {channels} channels do not split into "
+                f"norm_groups={groups!r} groups of equal size. Set --config.model.norm_groups to "
+                f"a divisor of every normalised layer's channel count (this layer: "
+                f"{', '.join(map(str, fits))}).")
+        norm = nn.GroupNorm(num_groups=int(groups), epsilon=self.epsilon, dtype=self.dtype,
                             param_dtype=self.param_dtype, scale_init=self.scale_init)
         nn.share_scope(self, norm)  # params live directly under this module's name
         return norm(x)
@@ -210,7 +219,8 @@ def make_norm(
 
     "batch" keeps running statistics in the `batch_stats` collection and uses them when
     `train=False`; `momentum` is Flax's (0.9 == PyTorch's 0.1); `axis_name` makes the batch
-    statistics cross-device under pmap.
+    statistics cross-device under pmap. "group" uses exactly `num_groups` groups (each layer's
+    channel count must be a multiple of it); "layer" is GroupNorm with one group.
     """
     if kind == "batch":
         return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=momentum,

@@ -166,17 +166,52 @@ def test_batchnorm_with_gamma_sqrt_var_and_beta_mean_returns_input():
     np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["group", "layer"])
-def test_group_and_layer_norm_work_on_any_channel_count(kind):
+def test_layer_norm_works_on_any_channel_count():
     x = (np.random.default_rng(5).normal(size=(2, 4, 4, 6)) * 3 + 1).astype(np.float32)
-    norm = L.make_norm(kind, train=True)()
+    norm = L.make_norm("layer", train=True)()
     y, variables = jax.jit(norm.init_with_output, compiler_options=FAST)(KEY, x)
     assert y.shape == x.shape and set(variables) == {"params"}
     assert variables["params"]["scale"].shape == (6,)
-    # 6 channels: "group" (at most 32 groups) uses 6 groups of one channel; "layer" one group.
-    axes = (1, 2) if kind == "group" else (1, 2, 3)
-    np.testing.assert_allclose(np.asarray(y).mean(axis=axes), 0.0, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(y).var(axis=axes), 1.0, rtol=1e-3)
+    np.testing.assert_allclose(np.asarray(y).mean(axis=(1, 2, 3)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(y).var(axis=(1, 2, 3)), 1.0, rtol=1e-3)
+
+
+def _group_norm_reference(x: np.ndarray, groups: int, eps: float = 1e-5) -> np.ndarray:
+    """Wu & He 2018, eq. (1)-(3): statistics over (H, W, C / groups) per example and group."""
+    n, h, w, c = x.shape
+    g = x.reshape(n, h, w, groups, c // groups).astype(np.float64)
+    mean = g.mean(axis=(1, 2, 4), keepdims=True)
+    var = g.var(axis=(1, 2, 4), keepdims=True)
+    return ((g - mean) / np.sqrt(var + eps)).reshape(x.shape)
+
+
+def test_group_norm_uses_the_configured_groups_not_one_channel_each():
+    # 16 channels (a CIFAR ResNet's first stage) in 8 groups: each group pools 2 channels, so a
+    # channel's own mean is not removed (InstanceNorm would make every channel mean 0).
+    rng = np.random.default_rng(6)
+    offsets = np.arange(16, dtype=np.float32) * 2.0  # every channel a different mean
+    x = (rng.normal(size=(2, 5, 5, 16)) + offsets).astype(np.float32)
+    norm = L.make_norm("group", train=True, num_groups=8)()
+    y, variables = jax.jit(norm.init_with_output, compiler_options=FAST)(KEY, x)
+    y = np.asarray(y)
+    assert variables["params"]["scale"].shape == (16,)
+    np.testing.assert_allclose(y, _group_norm_reference(x, 8), rtol=1e-4, atol=1e-4)
+    instance = _group_norm_reference(x, 16)
+    assert np.abs(y - instance).max() > 0.5  # far from InstanceNorm
+    channel_means = y.mean(axis=(1, 2))
+    assert np.abs(channel_means).min() > 0.5  # each channel keeps its offset within its pair
+    np.testing.assert_allclose(channel_means.reshape(2, 8, 2).mean(-1), 0.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups", [32, 3, 0])
+def test_group_norm_refuses_a_group_count_that_does_not_divide_the_channels(groups):
+    norm = L.make_norm("group", train=True, num_groups=groups)()
+    x = jax.ShapeDtypeStruct((1, 4, 4, 16), jnp.float32)
+    with pytest.raises(ValueError) as err:
+        jax.eval_shape(norm.init, KEY, x)
+    msg = str(err.value)
+    assert f"16 channels do not split into norm_groups={groups} groups" in msg, msg
+    assert "--config.model.norm_groups" in msg and "1, 2, 4, 8, 16" in msg and "\n" not in msg
 
 
 def test_make_norm_rejects_unknown_kind():

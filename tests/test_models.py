@@ -90,13 +90,17 @@ def _jit(name: str) -> bool:
 
 
 DEEPEST = ("resnet101", "resnet152", "plain101", "plain152", "resnet110", "plain110")
+# The 1202-layer CIFAR nets are resnet110's blocks at n = 200 instead of 18 (nothing else differs);
+# 600 blocks op by op would take minutes. test_summary counts their parameters (19.4M) exactly.
+SAME_BLOCKS_AS_110 = ("resnet1202", "plain1202")
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.slow) if n in DEEPEST else n for n in models.list_models()])
+    pytest.param(n, marks=pytest.mark.slow) if n in DEEPEST else n
+    for n in models.list_models() if n not in SAME_BLOCKS_AS_110])
 def test_every_model_forward_backward(name):
-    """Full depth for every name; `-m "not slow"` skips the six deepest (about a third of the
-    file's time) for a quick local run."""
+    """Full depth for every name (but the 1202-layer twins of the 110s); `-m "not slow"` skips the
+    six deepest (about a third of the file's time) for a quick local run."""
     shape, overrides = small_setup(name)
     num_classes = 7
     model = models.build(name, num_classes=num_classes, **overrides)
@@ -178,7 +182,7 @@ def test_registry_names():
     expected = {"mlp", "lenet5", "alexnet", "alexnet_tv", "googlenet"}
     expected |= {f"vgg{d}{s}" for d in (11, 13, 16, 19) for s in ("", "_bn")}
     expected |= {f"{k}{d}" for k in ("resnet", "plain") for d in (18, 34, 50, 101, 152)}
-    expected |= {f"{k}{d}" for k in ("resnet", "plain") for d in (20, 32, 44, 56, 110)}
+    expected |= {f"{k}{d}" for k in ("resnet", "plain") for d in (20, 32, 44, 56, 110, 1202)}
     assert names == expected
 
 
@@ -276,7 +280,7 @@ def test_cifar_depth_must_be_6n_plus_2():
 def test_engine_style_fields_and_bfloat16():
     # The engine passes config values: lists, dtype objects or strings, bn_axis_name, norm.
     model = models.build("vgg11", num_classes=10, widths=[8, 8, 8, 8, 8], classifier_width=16,
-                         dtype="bfloat16", bn_axis_name=None, norm="group")
+                         dtype="bfloat16", bn_axis_name=None, norm="group", norm_groups=4)
     x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables))
@@ -285,16 +289,42 @@ def test_engine_style_fields_and_bfloat16():
     assert out.shape == (2, 10) and out.dtype == jnp.float32
 
 
+# norm="group": a group count dividing every normalised width of the small set-ups (LeNet-5: 6, 16;
+# the small VGG: 8-32; ResNet-18 at width 16: 16-128; ResNet-20: 16-64; the others: >= 64).
+GROUPS = {"lenet5": 2, "vgg11": 8, "resnet18": 8, "resnet20": 8}
+
+
 @pytest.mark.parametrize("name", ["mlp", "lenet5", "alexnet", "vgg11", "resnet18", "resnet20"])
 @pytest.mark.parametrize("norm", ["batch", "group", "layer", "none"])
 def test_norm_factory_usable_by_every_net(name, norm):
     shape, overrides = small_setup(name)
+    if norm == "group":
+        overrides = {**overrides, "norm_groups": GROUPS.get(name, 32)}
     model = models.build(name, num_classes=4, norm=norm, **overrides)
     x = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
     variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
     assert ("batch_stats" in variables) == (norm == "batch")
     out = jax.eval_shape(functools.partial(model.apply, train=False), variables, x)
     assert out.shape == (2, 4)
+
+
+def test_group_norm_count_is_the_model_field_and_checked_against_every_width():
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    model = models.build("resnet20", num_classes=10, norm="group", norm_groups=8)
+    params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+    assert params["stem"]["norm"]["scale"].shape == (16,) and "batch_stats" not in params
+    assert models.build("resnet20", norm="group").norm_groups == 32  # Wu & He's default
+    with pytest.raises(ValueError) as err:  # 32 groups of 16 channels: refused, not 16 groups
+        jax.eval_shape(models.build("resnet20", num_classes=10, norm="group").init,
+                       jax.random.key(0), x)
+    msg = str(err.value)
+    assert "stem/norm" in msg and "16 channels" in msg and "norm_groups=32" in msg, msg
+    with pytest.raises(ValueError) as err:  # 16 fits conv2's 16 channels, not conv1's 6
+        jax.eval_shape(models.build("lenet5", norm="group", norm_groups=16).init,
+                       jax.random.key(0), jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
+    assert "conv1/norm" in str(err.value) and "6 channels" in str(err.value)
+    with pytest.raises(ValueError, match=r"norm_groups=0 is not valid: it must be an integer"):
+        models.build("resnet20", norm="group", norm_groups=0)
 
 
 def test_small_stem_and_plain_variants():
@@ -313,18 +343,68 @@ def test_small_stem_and_plain_variants():
     assert "shortcut" in params("resnet20", shortcut="B")["stage2_block1"]
 
 
-def test_pmap_with_cross_device_batchnorm():
-    # One CPU device here; the collective over `bn_axis_name` still has to trace and run.
-    model = models.build("lenet5", num_classes=10, norm="batch", bn_axis_name="batch")
-    n = jax.local_device_count()
-    x = np.random.default_rng(2).normal(size=(n, 4, 28, 28, 1)).astype(np.float32)
-    variables = jax.tree.map(lambda v: np.stack([v] * n), host_init(model, x[0]))
+CROSS_DEVICE_BN = r"""
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, __REPO__)
+from cnn_jax import models
 
-    def step(variables, xs):
-        out, upd = model.apply(variables, xs, train=True, mutable=["batch_stats"])
+n = jax.local_device_count()
+rng = np.random.default_rng(2)
+# Every device's share has its own mean, so per-device statistics differ from the global ones.
+x = (rng.normal(size=(n, 4, 28, 28, 1)) + np.arange(n)[:, None, None, None, None]).astype(
+    np.float32)
+
+def run(model, xs, shards):
+    variables = model.init(jax.random.key(0), xs.reshape(-1, 28, 28, 1)[:1])
+    def step(v, xs):
+        out, upd = model.apply(v, xs, train=True, mutable=["batch_stats"])
         return out, upd["batch_stats"]
+    if not shards:
+        return jax.jit(step)(variables, xs.reshape(-1, 28, 28, 1))
+    stacked = jax.tree.map(lambda v: np.stack([v] * n), variables)
+    return jax.pmap(step, axis_name="batch")(stacked, xs)
 
-    out, stats = jax.pmap(step, axis_name="batch")(variables, x)
-    assert out.shape == (n, 4, 10) and np.isfinite(np.asarray(out)).all()
-    mean = np.asarray(stats["conv1"]["norm"]["mean"])
-    assert mean.shape == (n, 6) and np.any(mean != 0)
+synced = models.build("lenet5", num_classes=10, norm="batch", bn_axis_name="batch")
+local = models.build("lenet5", num_classes=10, norm="batch")
+out_sync, st_sync = run(synced, x, True)
+out_local, st_local = run(local, x, True)
+out_glob, st_glob = run(local, x, False)  # one device, the whole global batch
+mean = lambda st: np.asarray(st["conv1"]["norm"]["mean"])
+print("RESULT " + json.dumps({
+    "devices": n,
+    "sync_spread": float(np.ptp(mean(st_sync), axis=0).max()),
+    "local_spread": float(np.ptp(mean(st_local), axis=0).max()),
+    "sync_vs_global": float(np.abs(mean(st_sync) - mean(st_glob)[None]).max()),
+    "out_sync_vs_global": float(np.abs(np.asarray(out_sync).reshape(-1, 10)
+                                       - np.asarray(out_glob)).max()),
+    "out_local_vs_global": float(np.abs(np.asarray(out_local).reshape(-1, 10)
+                                        - np.asarray(out_glob)).max()),
+    "finite": bool(np.isfinite(np.asarray(out_sync)).all())}))
+"""
+
+
+def test_pmap_with_cross_device_batchnorm_on_eight_devices(tmp_path):
+    """pmap over 8 CPU devices (a subprocess: the device count is fixed when JAX starts). With
+    bn_axis_name the statistics are those of the global batch on every device; without it each
+    device normalises its own share."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c",
+                           CROSS_DEVICE_BN.replace("__REPO__", repr(str(repo)))],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-2000:]
+    r = json.loads(lines[-1][len("RESULT "):])
+    assert r["devices"] == 8 and r["finite"]
+    assert r["sync_spread"] < 1e-6                       # one set of statistics on all devices
+    assert r["sync_vs_global"] < 1e-5                    # ... the global batch's
+    assert r["out_sync_vs_global"] < 1e-4                # so the outputs are the global batch's
+    assert r["local_spread"] > 0.1 and r["out_local_vs_global"] > 1e-2  # the test can fail

@@ -1,7 +1,7 @@
 """Summary: published parameter and MAC counts, per-layer rows, CLI contract, no compilation.
 
 Reference figures: parameter counts of torchvision's models and of He et al. 2016 (CIFAR ResNets,
-Table 6 gives 0.27M/0.46M/0.66M/0.85M/1.7M), MACs ("GFLOPS") from torchvision's model table, and
+Table 6 gives 0.27M/0.46M/0.66M/0.85M/1.7M/19.4M), MACs ("GFLOPS") from torchvision's model table, and
 the ResNet paper's Table 1 FLOPs for v1 (stride on the first 1x1).
 """
 
@@ -39,6 +39,7 @@ PARAMS = {
     ("resnet44", ()): 658_586,
     ("resnet56", ()): 853_018,
     ("resnet110", ()): 1_727_962,
+    ("resnet1202", ()): 19_421_274,  # Table 6: 19.4M
 }
 
 # (name, --set options, published GMACs, tolerance)
@@ -164,7 +165,7 @@ def test_set_values_are_parsed():
 
 
 def test_cli_options_change_the_model(capsys):
-    group = cli_json("resnet20", ("norm=group",))
+    group = cli_json("resnet20", ("norm=group", "norm_groups=8"))
     assert group["params"] == PARAMS[("resnet20", ())]  # GroupNorm: same scale+bias per channel
     assert group["non_trainable"] == 0
     assert summary.main(["resnet20", "--num_classes=100", "--input_shape=64,64,3", "--json"]) == 0

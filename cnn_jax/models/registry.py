@@ -20,7 +20,7 @@ from cnn_jax.models.alexnet import TORCHVISION_LAYERS, AlexNet
 from cnn_jax.models.googlenet import GoogLeNet
 from cnn_jax.models.lenet import LeNet5
 from cnn_jax.models.mlp import MLP
-from cnn_jax.models.resnet import CifarResNet, ResNet
+from cnn_jax.models.resnet import CIFAR_DEPTHS, CifarResNet, ResNet
 from cnn_jax.models.vgg import STAGES, VGG
 
 IMAGENET = (224, 224, 3)
@@ -63,7 +63,7 @@ def _specs() -> dict[str, ModelSpec]:
                                             f"ResNet-{depth} (v1.5)")
         specs[f"plain{depth}"] = ModelSpec(ResNet, {**fields, "residual": False}, IMAGENET, 1000,
                                            f"plain {depth}-layer twin of ResNet-{depth}")
-    for depth in (20, 32, 44, 56, 110):
+    for depth in CIFAR_DEPTHS:  # He et al. 2016, Table 6 (1202: n = 200, 19.4M parameters)
         specs[f"resnet{depth}"] = ModelSpec(CifarResNet, {"depth": depth}, CIFAR, 10,
                                             f"CIFAR ResNet-{depth}")
         specs[f"plain{depth}"] = ModelSpec(CifarResNet, {"depth": depth, "residual": False},
@@ -144,6 +144,7 @@ FIELD_RULES: Mapping[str, Callable[[Any], str | None]] = {
     "pool_size": validate.int_at_least(1),
     "adaptive_pool": validate.int_at_least(0),
     "depth": validate.int_at_least(1),
+    "norm_groups": validate.int_at_least(1),
     "dropout": validate.number_in(0, 1, high_open=True),
     "aux_dropout": validate.number_in(0, 1, high_open=True),
     "bn_momentum": validate.number_in(0, 1),

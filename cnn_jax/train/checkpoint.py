@@ -230,8 +230,9 @@ def checkpoint_steps(workdir: str) -> list[int]:
 def load_latest(workdir: str, use_ema: bool = True) -> tuple[dict, dict, int]:
     """(variables {'params', 'batch_stats'}, config dict, step) of the newest good checkpoint.
 
-    For tools (evaluation, prediction, filter plots). Uses the EMA of the parameters when the
-    run kept one and `use_ema`. Raises FileNotFoundError when `workdir` has no checkpoint.
+    For tools (evaluation, prediction, filter plots). Uses the EMA of the parameters, with the
+    EMA of the BatchNorm statistics, when the run kept one and `use_ema`. Raises
+    FileNotFoundError when `workdir` has no checkpoint.
     """
     if not checkpoint_steps(workdir):
         raise FileNotFoundError(
@@ -239,8 +240,10 @@ def load_latest(workdir: str, use_ema: bool = True) -> tuple[dict, dict, int]:
             f"`python launch.py --config=... --workdir={workdir}`.")
     store = CheckpointStore(workdir, read_only=True)
     tree, meta, step, _ = newest_readable(store, None)
-    params = tree["ema_params"] if use_ema and "ema_params" in tree else tree["params"]
-    variables = {"params": params, "batch_stats": tree.get("batch_stats", {})}
+    ema = use_ema and "ema_params" in tree
+    params = tree["ema_params"] if ema else tree["params"]
+    stats = tree.get("ema_batch_stats" if ema and "ema_batch_stats" in tree else "batch_stats", {})
+    variables = {"params": params, "batch_stats": stats}
     return variables, meta["config"], step
 
 

@@ -26,14 +26,16 @@ from cnn_jax import files, workdir_lock
 from cnn_jax.train import checkpoint as ckpt
 from cnn_jax.train import metrics as metrics_lib
 from cnn_jax.train import finetune, optim, parallel, steps
-from cnn_jax.train.state import TrainState, create_train_state, init_variables, state_to_tree, \
-    tree_to_state
+from cnn_jax.train.state import TrainState, add_ema_batch_stats, create_train_state, \
+    init_variables, state_to_tree, tree_to_state
 from cnn_jax.validate import check_choice, check_number
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
 EVAL_FILE = "eval_metrics.json"
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# float16 is not offered: without loss scaling small gradients flush to zero (and large
+# activations overflow), so it would train silently worse; see validate_config.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 BEST_METRICS = ("top1", "top5", "loss")
 
 
@@ -80,6 +82,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check_number("label_smoothing", config.label_smoothing, low=0, high=1, high_open=True)
     check_number("grad_clip_norm", config.grad_clip_norm)
     check_number("aux_loss_weight", config.get("aux_loss_weight", 0.3), low=0)
+    if config.dtype == "float16":
+        raise ValueError(
+            "config.dtype='float16' is refused: this engine has no loss scaling, without which "
+            "float16 gradients below 6e-8 flush to zero and the run trains silently worse. Use "
+            "--config.dtype=bfloat16 (float32's exponent range, the same memory and speed on "
+            "GPUs/TPUs with bfloat16) or float32.")
     check_choice("dtype", config.dtype, DTYPES)
     check_choice("parallel", config.parallel, parallel.PARALLEL_MODES)
     if config.keep_best_metric:
@@ -172,6 +180,10 @@ class Setup:
 
     def state_from_tree(self, tree: dict) -> TrainState:
         """Checks a restored tree against this model's state, then places it on the devices."""
+        if self.template.ema_params is not None and add_ema_batch_stats(tree):
+            print("WARNING: the checkpoint predates the EMA of the BatchNorm statistics; it starts "
+                  "from the running statistics (as its EMA weights were evaluated so far).",
+                  flush=True)
         expected = state_to_tree(self.template)
         want = {ckpt._path_str(p): (tuple(x.shape), np.dtype(x.dtype))
                 for p, x in jax.tree_util.tree_flatten_with_path(expected)[0]}
@@ -210,7 +222,7 @@ def evaluate(setup: Setup, state: TrainState, split: str) -> dict:
     if jax.process_count() > 1:  # each process counted its own files
         from jax.experimental import multihost_utils
         undecodable = float(np.sum(multihost_utils.process_allgather(np.float32(undecodable))))
-    return {"num_undecodable": int(round(undecodable)),
+    return {**_weights_and_raw(total, count), "num_undecodable": int(round(undecodable)),
             "loss": float(total["loss"]) / count, "top1": float(total["top1"]) / count,
             "top5": float(total["top5"]) / count, "num_examples": int(round(count)),
             "seconds": time.time() - start, **metrics_lib.per_class(total["confusion"])}
@@ -355,6 +367,8 @@ def _final_summary(workdir: str, split_records: dict[str, dict]) -> dict:
     final.update({split: {k: m[k] for k in ("loss", "top1", "top5", "num_examples",
                                             *metrics_lib.PER_CLASS_KEYS)}
                   for split, m in split_records.items()})
+    for split, m in split_records.items():  # the weights scored, and the live weights' figures
+        final[split].update(_scores(m))
     return {"final": final, "best_val_top1": best["top1"] if best else None,
             "best_val_step": best["step"] if best else None,
             "img_per_s": statistics.median(speeds) if speeds else None}
@@ -600,7 +614,7 @@ def _train_loop(setup: Setup, state: TrainState, start_step: int, workdir: str,
             state = strategy.sync_state(state)
             eval_metrics = evaluate(setup, state, periodic_split)
             logger.write({"step": step, "epoch": step / spe, "split": periodic_label,
-                          **{k: eval_metrics[k] for k in ("loss", "top1", "top5")},
+                          **_scores(eval_metrics),
                           "num_examples": eval_metrics["num_examples"], "wall_time": wall()})
             progress.eval_line(step, periodic_label, eval_metrics)
             window_start += time.time() - pause
@@ -635,7 +649,7 @@ def _train_loop(setup: Setup, state: TrainState, start_step: int, workdir: str,
         else:
             m = evaluate(setup, state, split)
             logger.write({"step": step, "epoch": step / spe, "split": label,
-                          **{k: m[k] for k in ("loss", "top1", "top5")},
+                          **_scores(m),
                           "num_examples": m["num_examples"], "wall_time": wall()})
             progress.eval_line(step, label, m)
         split_records[label] = m
@@ -673,8 +687,8 @@ def _print_final(results: dict) -> None:
     if m:
         print(f"Final {label} top-1 {100 * m['top1']:.2f}% top-5 {100 * m['top5']:.2f}% "
               f"(loss {m['loss']:.4f}, {m['num_examples']} examples) after "
-              f"{results.get('epochs', 0):.2f} epochs, {results.get('wall_time_s', 0):.0f}s",
-              flush=True)
+              f"{results.get('epochs', 0):.2f} epochs, {results.get('wall_time_s', 0):.0f}s"
+              f"{metrics_lib.weights_note(m)}", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -720,7 +734,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     split = config.data.eval_split
     m = evaluate(setup, state, split)
     expected = split_size(setup.info, split)
-    out = {"top1": m["top1"], "top5": m["top5"], "loss": m["loss"],
+    out = {**_scores(m), "top1": m["top1"], "top5": m["top5"], "loss": m["loss"],
            "num_examples": m["num_examples"], "split": split, "step": step,
            "model": config.model.name, "data": config.data.name,
            **{k: m[k] for k in metrics_lib.PER_CLASS_KEYS}}
@@ -733,8 +747,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     if jax.process_index() == 0:
         ckpt.write_json(os.path.join(workdir, EVAL_FILE), out)
     print(f"Eval of step {step} on {split}: top-1 {100 * m['top1']:.2f}% top-5 "
-          f"{100 * m['top5']:.2f}% loss {m['loss']:.4f} ({m['num_examples']} examples) -> "
-          f"{os.path.join(workdir, EVAL_FILE)}", flush=True)
+          f"{100 * m['top5']:.2f}% loss {m['loss']:.4f} ({m['num_examples']} examples)"
+          f"{metrics_lib.weights_note(m)} -> {os.path.join(workdir, EVAL_FILE)}", flush=True)
     return out
 
 
@@ -773,9 +787,11 @@ def predict(config: ml_collections.ConfigDict, workdir: str, image_paths: list[s
         mean, std = getattr(info, "mean", None), getattr(info, "std", None)
     images = np.stack([load_image(p, setup.input_shape, mean, std) for p in image_paths])
     host = setup.strategy.host_state(state)
-    params = host.ema_params if host.ema_params is not None else host.params
+    ema = host.ema_params is not None  # the EMA weights go with the EMA statistics
+    params, stats = (host.ema_params, host.ema_batch_stats) if ema else (host.params,
+                                                                         host.batch_stats)
     probs = np.asarray(jax.jit(functools.partial(steps.predict_probs, apply_fn=setup.model.apply))(
-        {"params": params, "batch_stats": host.batch_stats}, images))
+        {"params": params, "batch_stats": stats}, images))
     names = list(getattr(info, "class_names", None) or [str(i) for i in range(probs.shape[1])])
     out = []
     for path, p in zip(image_paths, probs):

@@ -196,6 +196,14 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def weights_note(m: dict) -> str:
+    """'' for the live weights; for an EMA run, that it scored the EMA and the live figures."""
+    if m.get("weights") != "ema":
+        return ""
+    return (f" [EMA weights; live weights: top1 {100 * m['raw_top1']:.2f}% "
+            f"top5 {100 * m['raw_top5']:.2f}% loss {m['raw_loss']:.4f}]")
+
+
 class Progress:
     """Console progress lines: a bar, step, epoch, loss, accuracy, lr, img/s and ETA."""
 
@@ -225,4 +233,4 @@ class Progress:
         if self.enabled:
             print(f"  eval {split} @ step {step}: loss {m['loss']:.4f} top1 {100 * m['top1']:.2f}% "
                   f"top5 {100 * m['top5']:.2f}% ({m['num_examples']} examples, "
-                  f"{m['seconds']:.1f}s)", flush=True)
+                  f"{m['seconds']:.1f}s){weights_note(m)}", flush=True)

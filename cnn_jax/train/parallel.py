@@ -169,9 +169,12 @@ class PmapStrategy:
         return self._eval(state, batch)
 
     def sync_state(self, state: TrainState) -> TrainState:
-        """Averages per-device BN running statistics (skipped when BN is synchronised)."""
+        """Averages per-device BN running statistics, and their EMA, (skipped when BN is
+        synchronised)."""
         if not self.average_bn or not jax.tree.leaves(state.batch_stats):
             return state
+        if state.ema_batch_stats is not None:
+            state = state.replace(ema_batch_stats=self._mean_stats(state.ema_batch_stats))
         return state.replace(batch_stats=self._mean_stats(state.batch_stats))
 
     def fetch(self, tree: Any) -> Any:

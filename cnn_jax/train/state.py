@@ -14,7 +14,13 @@ from flax import serialization
 
 @flax.struct.dataclass
 class TrainState:
-    """Parameters, BN statistics, optimizer state, step, PRNG key and optional EMA of params."""
+    """Parameters, BN statistics, optimizer state, step, PRNG key and the optional EMA.
+
+    With `config.ema_decay > 0`, `ema_params` and `ema_batch_stats` are exponential moving
+    averages (same decay) of the parameters and of BatchNorm's running statistics: the EMA
+    weights are evaluated with the EMA statistics, not with statistics measured under the live
+    weights. Both are None without an EMA.
+    """
 
     step: jax.Array
     params: Any
@@ -22,6 +28,10 @@ class TrainState:
     opt_state: Any
     rng: jax.Array
     ema_params: Any = None
+    ema_batch_stats: Any = None
+
+# The EMA's parts of the state (absent from the checkpoint of a run without an EMA).
+EMA_FIELDS = ("ema_params", "ema_batch_stats")
 
 
 def _reset_bn_statistics(batch_stats: Any) -> Any:
@@ -56,22 +66,36 @@ def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformatio
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
         opt_state=tx.init(params), rng=train_rng,
-        ema_params=jax.tree.map(jnp.copy, params) if ema else None)
+        ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+        ema_batch_stats=jax.tree.map(jnp.copy, batch_stats) if ema else None)
 
 
 def state_to_tree(state: TrainState) -> dict:
     """The state as nested dicts of arrays (optax named tuples become dicts): what Orbax stores."""
     tree = serialization.to_state_dict(state)
-    if tree.get("ema_params") is None:
-        tree.pop("ema_params", None)
+    for field in EMA_FIELDS:
+        if tree.get(field) is None:
+            tree.pop(field, None)
     return tree
+
+
+def add_ema_batch_stats(tree: dict) -> bool:
+    """Gives a checkpoint tree from before `ema_batch_stats` existed (an EMA of the parameters
+    only) EMA statistics equal to its running statistics, the ones its EMA was evaluated with.
+
+    Returns True when it did (the caller warns); the tree is changed in place.
+    """
+    if "ema_params" not in tree or "ema_batch_stats" in tree:
+        return False
+    tree["ema_batch_stats"] = jax.tree.map(np.copy, tree.get("batch_stats", {}))
+    return True
 
 
 def tree_to_state(template: TrainState, tree: dict) -> TrainState:
     """Inverse of `state_to_tree`, given a state of the same structure."""
     tree = dict(tree)
     if template.ema_params is None:
-        tree["ema_params"] = None
+        tree.update(dict.fromkeys(EMA_FIELDS))
     elif "ema_params" not in tree:
         raise ValueError("The checkpoint holds no EMA of the parameters but config.ema_decay > 0; "
                          "resume with the ema_decay the run started with.")

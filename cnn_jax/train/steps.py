@@ -102,13 +102,14 @@ def train_step(state: TrainState, batch: dict, cfg: StepConfig) -> tuple[TrainSt
         metrics = jax.lax.pmean(metrics, cfg.axis_name)
     updates, opt_state = cfg.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = state.ema_params
-    if ema is not None:
+    ema, ema_stats = state.ema_params, state.ema_batch_stats
+    if ema is not None:  # the BN statistics are averaged with the same decay as the weights
         ema = optax.incremental_update(params, ema, 1.0 - cfg.ema_decay)
+        ema_stats = optax.incremental_update(batch_stats, ema_stats, 1.0 - cfg.ema_decay)
     metrics["lr"] = jnp.asarray(cfg.schedule(state.step), jnp.float32)
     metrics["grad_norm"] = optax.tree.norm(grads)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state, ema_params=ema)
+                              opt_state=opt_state, ema_params=ema, ema_batch_stats=ema_stats)
     return new_state, metrics
 
 
@@ -117,16 +118,32 @@ def train_steps(state: TrainState, batches: dict, cfg: StepConfig) -> tuple[Trai
     return jax.lax.scan(lambda s, b: train_step(s, b, cfg), state, batches)
 
 
+# Keys of eval_step's sums that are also given for the live weights (as raw_KEY) in EMA runs.
+RAW_KEYS = ("loss", "top1", "top5")
+
+
 def eval_step(state: TrainState, batch: dict, cfg: StepConfig) -> dict:
+    """Sums over one batch (see `eval_sums`) for the weights a run is scored with.
+
+    Those are the EMA weights with the EMA BatchNorm statistics when the run keeps an EMA; the
+    live weights with their running statistics then add their loss, top-1 and top-5 sums as
+    raw_loss, raw_top1 and raw_top5, so that both figures are reported.
+    """
+    if state.ema_params is None:
+        return eval_sums(state.params, state.batch_stats, batch, cfg)
+    sums = eval_sums(state.ema_params, state.ema_batch_stats, batch, cfg)
+    raw = eval_sums(state.params, state.batch_stats, batch, cfg)
+    return {**sums, **{f"raw_{k}": raw[k] for k in RAW_KEYS}}
+
+
+def eval_sums(params: Any, batch_stats: Any, batch: dict, cfg: StepConfig) -> dict:
     """Mask-weighted sums of loss, top-1 and top-5 hits, the example count and the confusion
     matrix (int32 counts, rows the true class, columns the top-1 class) for one batch.
 
     Sums (not means) so that padded examples are dropped and every real example counts once.
-    Uses the EMA of the parameters when the run keeps one; with `eval_flip_tta`, the logits are
-    the mean of the image's and its horizontal mirror's.
+    With `eval_flip_tta`, the logits are the mean of the image's and its horizontal mirror's.
     """
-    params = state.ema_params if state.ema_params is not None else state.params
-    variables = {"params": params, "batch_stats": state.batch_stats}
+    variables = {"params": params, "batch_stats": batch_stats}
     logits, _ = _split_outputs(cfg.apply_fn(variables, batch["image"], train=False))
     if cfg.eval_flip_tta:  # test-time augmentation: average with the mirror image's logits
         mirrored, _ = _split_outputs(cfg.apply_fn(variables, batch["image"][:, :, ::-1],
