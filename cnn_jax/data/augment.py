@@ -72,12 +72,23 @@ def crop_flip(xp: Any, images: Any, offsets: Any | None, flips: Any | None, padd
     jax.random on the device); None turns that augmentation off.
     """
     b, h, w, _ = images.shape
+    fresh = offsets is not None  # the windows are a new array (safe to flip in place)
     if offsets is not None:
         p = padding
         images = _windows(xp, xp.pad(images, ((0, 0), (p, p), (p, p), (0, 0))), offsets, h, w)
     if flips is not None:
-        images = xp.where(flips[:, None, None, None], images[:, :, ::-1], images)
+        images = _flip(xp, images, flips, fresh)
     return images
+
+
+def _flip(xp: Any, images: Any, flips: Any, fresh: bool) -> Any:
+    """The examples where `flips` is set, mirrored left-right: in place on the host (a copy
+    unless `images` is already a new array), a select in XLA."""
+    if xp is np:
+        out = images if fresh else images.copy()
+        out[flips] = out[flips, :, ::-1]
+        return out
+    return xp.where(flips[:, None, None, None], images[:, :, ::-1], images)
 
 
 def apply_crop_flip(images: np.ndarray, offsets: np.ndarray | None, flips: np.ndarray | None,
@@ -109,14 +120,25 @@ def mix_images(xp: Any, images: Any, perm: Any, lam: Any, box: tuple | None) -> 
 
     Returns the mixed images and the weight of the unshuffled batch (CutMix: 1 - box area).
     """
-    other = images[perm]
     if box is None:
-        return lam * images + (1.0 - lam) * other, lam
+        return lam * images + (1.0 - lam) * images[perm], lam
     h, w = images.shape[1:3]
     y1, y2, x1, x2 = box
+    return _paste(xp, images, perm, box), 1.0 - (y2 - y1) * (x2 - x1) / (h * w)
+
+
+def _paste(xp: Any, images: Any, perm: Any, box: tuple) -> Any:
+    """`images` with the box of `images[perm]` pasted in: sliced on the host (Python-int box),
+    a select in XLA (the box is traced)."""
+    y1, y2, x1, x2 = box
+    if xp is np:
+        out = images.copy()
+        out[:, y1:y2, x1:x2] = images[perm, y1:y2, x1:x2]
+        return out
+    h, w = images.shape[1:3]
     ys, xs = xp.arange(h)[:, None], xp.arange(w)[None, :]
     inside = (ys >= y1) & (ys < y2) & (xs >= x1) & (xs < x2)
-    return xp.where(inside[None, :, :, None], other, images), 1.0 - (y2 - y1) * (x2 - x1) / (h * w)
+    return xp.where(inside[None, :, :, None], images[perm], images)
 
 
 def mix_targets(onehot: Any, perm: Any, lam: Any) -> Any:
