@@ -138,8 +138,9 @@ def hold(directory: str | os.PathLike, *, kind: str = "run", index: int = 0,
 
     Raises WorkdirInUseError (one line: the holder's pid, host, start time, command, and the fix)
     when a live process holds it. `check_only` takes nothing: it only refuses when the lock is
-    held (for commands that would rewrite the directory's plan but run nothing). A directory this
-    call created is removed again when the body fails before writing anything into it.
+    held (for commands that would rewrite the directory's plan but run nothing). Directories this
+    call created (DIR and missing parents) are removed again when the body fails before writing
+    anything into them.
     """
     directory = os.fspath(directory)
     if not directory:
@@ -152,7 +153,11 @@ def hold(directory: str | os.PathLike, *, kind: str = "run", index: int = 0,
             raise WorkdirInUseError(_in_use_message(directory, kind, holder))
         yield None
         return
-    created = not os.path.isdir(directory)
+    created = []  # the directories this call creates, deepest first
+    d = directory
+    while not os.path.isdir(d) and os.path.dirname(d) != d:
+        created.append(d)
+        d = os.path.dirname(d)
     os.makedirs(directory, exist_ok=True)
     path = lock_path(directory, index)
     try:
@@ -175,9 +180,12 @@ def hold(directory: str | os.PathLike, *, kind: str = "run", index: int = 0,
         with contextlib.suppress(OSError):
             os.unlink(path)  # still holding the lock: nobody can be using this file
         os.close(fd)
-        if created and not ok:
-            with contextlib.suppress(OSError):  # fails (rightly) when anything was written
-                os.rmdir(directory)
+        if not ok:
+            for d in created:  # fails (rightly) where anything was written
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    break
 
 
 def _in_use_message(directory: str, kind: str, holder: dict | None) -> str:

@@ -110,11 +110,17 @@ def test_a_dead_holders_lock_is_taken_over_with_a_warning(tmp_path, capsys):
 
 
 def test_a_start_that_fails_leaves_no_directory_behind(tmp_path):
-    d = tmp_path / "new"
+    d = tmp_path / "new" / "run"
     with pytest.raises(RuntimeError):
         with workdir_lock.hold(d):
             raise RuntimeError("bad config")
-    assert not d.exists()
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "keep").write_text("x")
+    with pytest.raises(RuntimeError):
+        with workdir_lock.hold(d):
+            raise RuntimeError("bad config")
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["keep"]
     with pytest.raises(ValueError, match="--workdir is empty"):
         with workdir_lock.hold(""):
             pass
