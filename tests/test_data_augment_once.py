@@ -86,17 +86,27 @@ def _hash(batch) -> str:
 
 
 # (mixup_alpha, cutmix_alpha) -> hashes of the global batch (process 0 of 1) of steps 0, 1, 9
-# from the host iterator, then of steps 0, 1, 9 on the device; seed 3, batch 8.
+# from the host iterator, then of steps 0, 1, 9 on the device; seed 3, batch 8, with JAX's PRNG
+# in the mode training sets (config.threefry_partitionable=False).
 GOLDEN = {
     (0.0, 0.0): ["64ede97aad6cb081", "a68399a994fccddd", "d8ea5cf37546dd3b",
-                 "4878b183e9e0dacf", "5108cf77975c5b19", "cc0f6d619a52f651"],
+                 "059013ef9bed2e05", "befc6017498a4858", "32bee815165d2bee"],
     (0.4, 1.0): ["c2cedc50a3c9c071", "a85ec14f401b75a9", "d6d180db85f3065d",
-                 "df5df08a594a0ec8", "c3d7c9bf47ca89d3", "50387ca0815b177f"],
+                 "b3f3276054c7e316", "4cdcc76968eebba2", "8b8c9a6cac8b36a2"],
 }
 
 
+@pytest.fixture
+def training_prng_mode():
+    """The PRNG mode the engine sets for a run (configure_jax), restored afterwards."""
+    before = jax.config.jax_threefry_partitionable
+    jax.config.update("jax_threefry_partitionable", False)
+    yield
+    jax.config.update("jax_threefry_partitionable", before)
+
+
 @pytest.mark.parametrize("alphas", list(GOLDEN))
-def test_training_batches_are_bitwise_today_s(tmp_path, alphas):
+def test_training_batches_are_bitwise_today_s(tmp_path, alphas, training_prng_mode):
     cfg = _cfg(tmp_path, mixup_alpha=alphas[0], cutmix_alpha=alphas[1])
     it = data.create_train_iterator(cfg, global_batch_size=8, seed=3)
     host = [next(it) for _ in range(10)]
