@@ -145,3 +145,17 @@ def test_a_checkpoint_from_before_the_ema_statistics_still_resumes(run, capsys):
     host = state_to_tree(setup.strategy.host_state(state))
     assert_bitwise_equal(jax.tree.leaves(host["ema_batch_stats"]),
                          jax.tree.leaves(host["batch_stats"]))
+
+
+def test_fine_tuning_starts_the_ema_from_the_restored_weights_and_statistics(run):
+    from cnn_jax.train import finetune
+
+    workdir, _ = run
+    setup = loop.Setup(ema_config(init_from=str(workdir)))
+    state = setup.strategy.create_state(setup.init_fn)
+    tuned = setup.strategy.host_state(finetune.init_from_checkpoint(setup, state))
+    assert_bitwise_equal(jax.tree.leaves(tuned.ema_params), jax.tree.leaves(tuned.params))
+    assert_bitwise_equal(jax.tree.leaves(tuned.ema_batch_stats),
+                         jax.tree.leaves(tuned.batch_stats))
+    source, _ = full_tree(workdir)
+    assert_bitwise_equal(jax.tree.leaves(tuned.batch_stats), jax.tree.leaves(source["batch_stats"]))

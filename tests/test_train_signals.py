@@ -1,5 +1,9 @@
 """Preemption through launch.py: SIGKILL mid-run then the same command again gives bitwise the
-parameters of an uninterrupted run; SIGTERM saves a checkpoint at the step it stopped."""
+parameters of an uninterrupted run; SIGTERM saves a checkpoint at the step it stopped.
+
+No race with the run: the launched process pauses once a chosen checkpoint is complete on disk
+(writing a marker file) and waits there to be signalled, so a fast machine cannot finish first.
+"""
 
 import importlib.util
 import json
@@ -22,13 +26,53 @@ from tests.helpers import assert_bitwise_equal, checkpoint_params  # noqa: E402
 
 TOTAL = 40
 
+PAUSE_ENV = "TINY_SIGNALS_PAUSE"  # "STEP:DIR": pause after checkpoint STEP, markers in DIR
+
 EXPERIMENT = f'''
+import os
+import signal
+import time
+
+from cnn_jax.train import checkpoint as _ckpt
 from tests.faults.tiny_config import tiny_mlp_config
+
+# With {PAUSE_ENV}=STEP:DIR (set by the test for the run it interrupts, never for the reference),
+# the run stops after its checkpoint STEP is complete on disk, writes DIR/paused and waits there
+# until a SIGTERM has reached the run's own handler (or a SIGKILL ends it).
+_pause = os.environ.get("{PAUSE_ENV}")
+if _pause and not getattr(_ckpt.CheckpointStore.save, "pauses", False):
+    _at, _dir = _pause.split(":", 1)
+    _save = _ckpt.CheckpointStore.save
+    _paused = []
+
+    def _save_then_pause(self, step, *args, **kwargs):
+        _save(self, step, *args, **kwargs)
+        if step == int(_at) and not _paused:  # once (a SIGTERM saves this step again)
+            _paused.append(step)
+            self.wait()  # complete on disk
+            with open(os.path.join(_dir, "paused.tmp"), "w") as f:
+                f.write(str(step))
+            got = []
+            handler = signal.getsignal(signal.SIGTERM)  # the training loop's
+
+            def on_term(signum, frame):
+                signal.signal(signal.SIGTERM, handler)
+                handler(signum, frame)
+                got.append(signum)
+
+            signal.signal(signal.SIGTERM, on_term)
+            os.replace(os.path.join(_dir, "paused.tmp"), os.path.join(_dir, "paused"))
+            deadline = time.time() + 600
+            while not got and time.time() < deadline:
+                time.sleep(0.01)
+
+    _save_then_pause.pauses = True
+    _ckpt.CheckpointStore.save = _save_then_pause
 
 
 def get_config():
     c = tiny_mlp_config(total_steps={TOTAL}, ema_decay=0.9, log_every_steps=1, eval_every_steps=20)
-    c.checkpoint_every_steps = 1   # a save every step: slow enough to be killed mid-run
+    c.checkpoint_every_steps = 1   # a checkpoint at every step the test may pause at
     return c
 '''
 
@@ -60,40 +104,44 @@ def reference(experiment, tmp_path_factory):
     return workdir
 
 
-def launch(experiment, workdir, env):
+def launch(experiment, workdir, env, pause=None):
+    """launch.py on the experiment; `pause=(step, dir)` makes it wait after checkpoint `step`."""
+    if pause is not None:
+        env = dict(env, **{PAUSE_ENV: f"{pause[0]}:{pause[1]}"})
     return subprocess.Popen(
         [sys.executable, "launch.py", f"--config={experiment}", f"--workdir={workdir}"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for_checkpoint(proc, workdir, at_least, timeout=300):
-    """Polls until a checkpoint >= `at_least` is complete; fails if the run ends first."""
+def wait_until_paused(proc, markers, step, timeout=300):
+    """Waits for the run's marker: checkpoint `step` is on disk and the run waits there."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, "the run ended before it could be interrupted"
-        steps = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
-        if steps and max(steps) >= at_least:
-            return
-        time.sleep(0.02)
-    raise AssertionError("no checkpoint appeared in time")
+    while not (markers / "paused").exists():
+        if proc.poll() is not None:
+            out = proc.communicate()[0]
+            raise AssertionError(f"the run ended (status {proc.returncode}) before pausing at "
+                                 f"step {step}:\n{out[-3000:]}")
+        assert time.time() < deadline, f"the run did not reach checkpoint {step} in {timeout}s"
+        time.sleep(0.01)
+    assert (markers / "paused").read_text() == str(step)
+    assert proc.poll() is None  # paused, not finished
 
 
 def test_sigkill_then_rerun_is_bitwise_equal_to_uninterrupted(experiment, env, reference,
                                                                 tmp_path):
     workdir = tmp_path / "run"
-    proc = launch(experiment, workdir, env)
-    wait_for_checkpoint(proc, workdir, at_least=10)
+    proc = launch(experiment, workdir, env, pause=(10, tmp_path))
+    wait_until_paused(proc, tmp_path, 10)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert not (workdir / "results.json").exists()
-    killed_at = max(ckpt.checkpoint_steps(str(workdir)))
-    assert killed_at < TOTAL
+    assert max(ckpt.checkpoint_steps(str(workdir))) == 10
 
     proc = launch(experiment, workdir, env)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
-    assert "Resuming from checkpoint step" in out
+    assert "Resuming from checkpoint step 10" in out
     leaves, step = checkpoint_params(workdir)
     assert step == TOTAL
     assert_bitwise_equal(leaves, checkpoint_params(reference)[0])
@@ -105,14 +153,13 @@ def test_sigkill_then_rerun_is_bitwise_equal_to_uninterrupted(experiment, env, r
 
 def test_sigterm_saves_at_the_step_it_stopped(experiment, env, reference, tmp_path):
     workdir = tmp_path / "run"
-    proc = launch(experiment, workdir, env)
-    wait_for_checkpoint(proc, workdir, at_least=5)
-    proc.send_signal(signal.SIGTERM)
+    proc = launch(experiment, workdir, env, pause=(5, tmp_path))
+    wait_until_paused(proc, tmp_path, 5)
+    proc.send_signal(signal.SIGTERM)  # the run resumes once its handler has seen it
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out[-3000:]
-    assert "Stopped by SIGTERM at step" in out
-    stopped = int(out.split("Stopped by SIGTERM at step ")[1].split(":")[0])
-    assert 5 <= stopped < TOTAL
+    assert "Stopped by SIGTERM at step 5:" in out
+    stopped = 5
     assert max(ckpt.checkpoint_steps(str(workdir))) == stopped
     preempted = json.loads((workdir / "results.json").read_text())
     assert preempted == {"status": "preempted", "step": stopped, "signal": "SIGTERM"}

@@ -125,11 +125,60 @@ def test_train_step_lowers_the_loss(name):
     assert float(m["lr"]) == pytest.approx(c.optim.lr)
 
 
-def test_label_smoothing_and_mixup_targets_change_the_loss():
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_label_smoothing_is_the_exact_formula(eps):
+    # loss = -(1 - eps) log p_y - eps / K sum_k log p_k  (Szegedy et al. 2016, sec. 7)
+    rng = np.random.default_rng(7)
+    k = 10
+    logits = rng.normal(size=(6, k)).astype(np.float32) * 3
+    labels = rng.integers(0, k, 6)
+    logp = logits - np.log(np.exp(logits.astype(np.float64)).sum(-1, keepdims=True))
+    want = -(1 - eps) * logp[np.arange(6), labels] - eps / k * logp.sum(-1)
+    got = steps.cross_entropy(jnp.asarray(logits), jax.nn.one_hot(labels, k), eps)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+    # soft (mixup) targets t: -sum_k ((1 - eps) t_k + eps / K) log p_k
+    t = rng.dirichlet(np.ones(k), 6).astype(np.float32)
+    want = -(((1 - eps) * t + eps / k) * logp).sum(-1)
+    got = steps.cross_entropy(jnp.asarray(logits), jnp.asarray(t), eps)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+
+
+def test_top1_and_top5_with_more_classes_than_five():
+    # 12 classes; the true class ranks 1st, 3rd, 5th, 6th and 12th: top-5 misses the last two.
+    k = 12
+    order = np.arange(k, 0, -1, dtype=np.float32)  # class 0 scores highest
+    logits = np.stack([np.roll(order, r) for r in range(5)])  # row r: class r ranks first
+    ranks = np.array([1, 3, 5, 6, 12])
+    labels = (np.arange(5) + ranks - 1) % k
+    top1, top5 = steps.topk_correct(jnp.asarray(logits), jnp.asarray(labels))
+    assert np.asarray(top1).tolist() == [1, 0, 0, 0, 0]
+    assert np.asarray(top5).tolist() == [1, 1, 1, 0, 0]
+
+
+def test_eval_and_train_top5_below_one_on_ten_classes():
+    model = TinyNet(num_classes=10)
+    c = _config()
+    schedule = optim.create_schedule(c, 5, 10)
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 2))))
+    tx = optim.create_optimizer(c, schedule, params["params"])
+    cfg = steps.StepConfig(apply_fn=model.apply, tx=tx, schedule=schedule, num_classes=10)
+    state = create_train_state(model, tx, 0, (6, 6, 2), ema=False)
+    r = np.random.default_rng(8)
+    batch = {"image": r.normal(size=(64, 6, 6, 2)).astype(np.float32),
+             "label": r.integers(0, 10, 64).astype(np.int32)}
+    logits = np.asarray(model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                                    batch["image"]))
+    rank = (logits > logits[np.arange(64), batch["label"]][:, None]).sum(-1)  # 0 = top-1
+    want1, want5 = float((rank < 1).sum()), float((rank < 5).sum())
+    assert 0 < want1 < want5 < 64  # an untrained net misses the top 5 on some examples
+    sums = steps.eval_step(state, batch, cfg)
+    assert (float(sums["top1"]), float(sums["top5"])) == (want1, want5)
+    _, m = steps.train_step(state, batch, cfg)
+    assert 0 < float(m["top1"]) < float(m["top5"]) < 1.0  # train mode: batch statistics
+
+
+def test_mixup_targets_change_the_loss():
     logits = jnp.array([[4.0, 0.0, 0.0, 0.0]])
-    hard = jax.nn.one_hot(jnp.array([0]), 4)
-    assert float(steps.cross_entropy(logits, hard, 0.1)[0]) > \
-        float(steps.cross_entropy(logits, hard, 0.0)[0])
     soft = jnp.array([[0.5, 0.5, 0.0, 0.0]])
     assert float(steps.cross_entropy(logits, soft, 0.0)[0]) > 2.0
 

@@ -142,11 +142,12 @@ def init_from_checkpoint(setup: Any, state: Any) -> Any:
                   flush=True)
         if unused:
             print(f"init_from: not used from the source: {', '.join(unused)}", flush=True)
-    ema = host.ema_params
-    if ema is not None:
+    ema, ema_stats = host.ema_params, host.ema_batch_stats
+    if ema is not None:  # the EMA starts from the restored weights and their statistics
         ema = jax.tree.map(np.copy, merged["params"])
+        ema_stats = jax.tree.map(np.copy, merged["batch_stats"])
     host = host.replace(params=merged["params"], batch_stats=merged["batch_stats"],
-                        ema_params=ema)
+                        ema_params=ema, ema_batch_stats=ema_stats)
     return setup.strategy.place_state(host)
 
 
