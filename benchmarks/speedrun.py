@@ -5,12 +5,12 @@
         --config.data.path=/path/to/cifar10-jpeg     # final: all 50,000, evaluates on `test`
 
 For each seed it builds the engine's state and its on-device training step (the same code
-`launch.py` runs: `cnn_jax.train.loop.Setup` and `_OnDeviceTrainer`), compiles the step ahead of
-time (reported as `compile_s`), then times the training alone: from the first step's dispatch to
-the last step's result on the host (`train_s`, the recipe's own timer). The seed travels as data,
-so seeds after the first reuse the compiled step. Evaluation is the engine's eval step over
-every example of the evaluation split (`data.eval_split`, else `data.val_split`), held on the
-device, with and without test-time horizontal-flip averaging (`eval_flip_tta`).
+`launch.py` runs: `cnn_jax.train.setup.Setup` and `loop._OnDeviceTrainer`), compiles the step
+ahead of time (reported as `compile_s`), then times the training alone: from the first step's
+dispatch to the last step's result on the host (`train_s`, the recipe's own timer). The seed
+travels as data, so seeds after the first reuse the compiled step. Evaluation is the engine's
+eval step over every example of the evaluation split (`data.eval_split`, else `data.val_split`),
+held on the device, with and without test-time horizontal-flip averaging (`eval_flip_tta`).
 
 No checkpoints or metric files are written: this is a timer, not a training run; use launch.py
 for those. Needs JAX, Flax, optax, ml_collections and absl (TensorFlow optional: image trees are
@@ -39,6 +39,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from cnn_jax.data import pipeline  # noqa: E402
 from cnn_jax.train import loop, steps  # noqa: E402
+from cnn_jax.train.setup import Setup, configure_jax  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Recipe config, e.g. experiments/cifar10_speedrun.py:dev")
@@ -87,7 +88,7 @@ def main(argv):
     if FLAGS.seeds < 1:
         raise app.UsageError(f"--seeds={FLAGS.seeds} must be >= 1.")
     try:
-        loop.configure_jax(config)  # the engine's settings: compilation cache, PRNG mode
+        configure_jax(config)  # the engine's settings: compilation cache, PRNG mode
     except (AttributeError, ValueError) as e:  # an option this JAX version no longer has
         print(f"warning: engine JAX settings not applied: {e}", flush=True)
     t0 = time.time()
@@ -100,7 +101,7 @@ def main(argv):
     for r in range(FLAGS.seeds):
         config.seed = base_seed + r
         t = time.time()
-        setup = loop.Setup(config)
+        setup = Setup(config)
         trainer = loop._OnDeviceTrainer(setup)
         state = setup.strategy.create_state(setup.init_fn)
         jax.block_until_ready(state)

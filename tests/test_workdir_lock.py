@@ -20,7 +20,7 @@ import pytest
 
 from cnn_jax import workdir_lock
 from cnn_jax.train import checkpoint as ckpt
-from cnn_jax.train import loop
+from cnn_jax.train import inference, loop
 from cnn_jax.train import metrics as metrics_lib
 from tests.faults.tiny_config import tiny_mlp_config
 
@@ -250,14 +250,14 @@ def _strict(path):
 def test_eval_writes_a_nan_loss_as_null_with_a_warning(finished_run, tmp_path, monkeypatch,
                                                       capsys):
     run = _copy(finished_run, tmp_path)
-    real = loop.evaluate
+    real = inference.evaluate
 
     def nan_loss(*args, **kwargs):
         return dict(real(*args, **kwargs), loss=float("nan"))
 
-    monkeypatch.setattr(loop, "evaluate", nan_loss)
-    loop.evaluate_checkpoint(tiny_config(), str(run))
-    written = _strict(run / loop.EVAL_FILE)  # was: "loss": NaN
+    monkeypatch.setattr(inference, "evaluate", nan_loss)  # where evaluate_checkpoint looks it up
+    inference.evaluate_checkpoint(tiny_config(), str(run))
+    written = _strict(run / inference.EVAL_FILE)  # was: "loss": NaN
     assert written["loss"] is None and 0 <= written["top1"] <= 1
     assert "eval_metrics.json: not a finite number, written as null: loss=nan" in \
         capsys.readouterr().out

@@ -103,12 +103,12 @@ def _rebuild(config: dict):
     import ml_collections
 
     from cnn_jax import data as data_lib
-    from cnn_jax.train import loop
+    from cnn_jax.train import setup
 
     config = ml_collections.ConfigDict(config)
     info = data_lib.get_info(config.data)
-    model = loop.build_model(config, int(info.num_classes))
-    return model, info, tuple(loop.input_shape(config, info)), config
+    model = setup.build_model(config, int(info.num_classes))
+    return model, info, tuple(setup.input_shape(config, info)), config
 
 
 def _trace(model, variables: dict, x) -> tuple[list[tuple[str, str, Any]], Any]:
@@ -140,7 +140,7 @@ def first_layer_activations(run_dir: str | Path, image: str | Path, num_layers: 
     import jax.numpy as jnp
     import numpy as np
 
-    from cnn_jax.train import checkpoint, loop
+    from cnn_jax.train import checkpoint, inference
 
     if num_layers < 1:
         raise ValueError(f"--num_layers={num_layers} must be >= 1")
@@ -150,7 +150,7 @@ def first_layer_activations(run_dir: str | Path, image: str | Path, num_layers: 
     mean = std = None
     if config.data.get("normalize", "train_stats") != "none":
         mean, std = getattr(info, "mean", None), getattr(info, "std", None)
-    x = loop.load_image(str(image), shape, mean, std)
+    x = inference.load_image(str(image), shape, mean, std)
     calls, logits = _trace(model, variables, jnp.asarray(x[None]))
     four_d = [(p, c, np.asarray(o)[0]) for p, c, o in calls
               if hasattr(o, "ndim") and o.ndim == 4 and o.shape[0] == 1]

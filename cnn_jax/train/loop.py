@@ -1,23 +1,22 @@
-"""The training loop: `train_and_evaluate(config, workdir)`, plus checkpoint evaluation.
+"""The training loop: `train_and_evaluate(config, workdir)`.
 
-The loop owns all I/O (data, checkpoints, metrics); the steps it calls are pure functions.
+The loop owns all I/O (data, checkpoints, metrics); the steps it calls are pure functions. It
+builds on `setup` (JAX settings, config checks, model, `Setup`), `preemption` (stop flag and
+barriers) and `inference` (`evaluate`), and writes config.json, metrics.jsonl, checkpoints and
+results.json.
 """
 
 from __future__ import annotations
 
-import functools
-import math
 import os
 import signal
 import statistics
-import threading
 import time
 import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -25,269 +24,23 @@ from absl import logging
 from cnn_jax import files, workdir_lock
 from cnn_jax.train import checkpoint as ckpt
 from cnn_jax.train import metrics as metrics_lib
-from cnn_jax.train import finetune, optim, parallel, steps
-from cnn_jax.train.state import TrainState, add_ema_batch_stats, create_train_state, \
-    init_variables, state_to_tree, tree_to_state
-from cnn_jax.validate import check_choice, check_number
+from cnn_jax.train import finetune, steps
+from cnn_jax.train.inference import evaluate, scores
+from cnn_jax.train.preemption import StopFlag, barrier
+from cnn_jax.train.setup import Setup, config_to_dict, configure_jax
+from cnn_jax.train.state import TrainState, state_to_tree
+
+# Re-exported for callers that import them from here (tests, benchmarks). Each is looked up in
+# its own module, so patch it there (inference.evaluate for evaluate_checkpoint, for example).
+from cnn_jax.train.inference import EVAL_FILE, evaluate_checkpoint, load_image, predict  # noqa
+from cnn_jax.train.setup import DTYPES, build_model, input_shape, validate_config  # noqa
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
-EVAL_FILE = "eval_metrics.json"
-# float16 is not offered: without loss scaling small gradients flush to zero (and large
-# activations overflow), so it would train silently worse; see validate_config.
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-BEST_METRICS = ("top1", "top5", "loss")
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the run stopped before saving bad state."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Setup shared by training, evaluation and prediction.
-
-
-def configure_jax(config: ml_collections.ConfigDict) -> None:
-    """Process-wide JAX settings a run asks for: compilation cache and the PRNG mode."""
-    enable_compilation_cache(bool(config.get("compilation_cache", True)))
-    # Non-partitionable threefry compiles random-number code several times faster on the CPU;
-    # random arrays are only ever replicated here (data parallelism), so nothing is lost.
-    jax.config.update("jax_threefry_partitionable",
-                      bool(config.get("threefry_partitionable", False)))
-
-
-def enable_compilation_cache(enabled: bool) -> str | None:
-    """Turns on JAX's persistent compilation cache ($CNN_JAX_CACHE or ~/.cache/cnn_jax/jax_cache).
-
-    A re-launched run then loads its compiled steps from disk instead of compiling them again.
-    """
-    if not enabled:
-        return None
-    return files.enable_compilation_cache(
-        os.environ.get("CNN_JAX_CACHE") or "~/.cache/cnn_jax/jax_cache")
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Clear errors, naming the field, for values that would otherwise fail deep inside JAX."""
-    check_number("batch_size", config.batch_size, low=1, integer=True)
-    check_number("eval_batch_size", config.get("eval_batch_size", -1), integer=True)
-    for field in ("log_every_steps", "steps_per_dispatch", "keep_checkpoints"):
-        check_number(field, config[field], low=1, integer=True)
-    for field in ("total_steps", "eval_every_steps", "checkpoint_every_steps"):
-        check_number(field, config[field], integer=True)
-    check_number("seed", config.seed, low=0, high=2**32 - 1, integer=True)  # data order: 32 bits
-    if config.total_steps <= 0:
-        check_number("num_epochs", config.num_epochs, low=0, low_open=True)
-    check_number("ema_decay", config.ema_decay, low=0, high=1, high_open=True)
-    check_number("label_smoothing", config.label_smoothing, low=0, high=1, high_open=True)
-    check_number("grad_clip_norm", config.grad_clip_norm)
-    check_number("aux_loss_weight", config.get("aux_loss_weight", 0.3), low=0)
-    if config.dtype == "float16":
-        raise ValueError(
-            "config.dtype='float16' is refused: this engine has no loss scaling, without which "
-            "float16 gradients below 6e-8 flush to zero and the run trains silently worse. Use "
-            "--config.dtype=bfloat16 (float32's exponent range, the same memory and speed on "
-            "GPUs/TPUs with bfloat16) or float32.")
-    check_choice("dtype", config.dtype, DTYPES)
-    check_choice("parallel", config.parallel, parallel.PARALLEL_MODES)
-    if config.keep_best_metric:
-        check_choice("keep_best_metric", config.keep_best_metric, BEST_METRICS)
-    for field in ("async_checkpoints", "compilation_cache", "eval_flip_tta"):
-        if not isinstance(config.get(field, True), bool):
-            raise ValueError(f"config.{field} must be True or False, got {config[field]!r}.")
-    optim.validate(config)
-    if config.data.get("on_device", False) and config.parallel != "jit":
-        raise ValueError("config.data.on_device=True needs config.parallel='jit' "
-                         f"(got {config.parallel!r}).")
-
-
-def config_to_dict(config: ml_collections.ConfigDict) -> dict:
-    """The resolved config as plain JSON types (tuples become lists)."""
-    import json
-    return json.loads(config.to_json_best_effort())
-
-
-def split_size(info: Any, split: str) -> int:
-    """Examples in a split spec such as 'train' or 'train[:90%]'."""
-    sizes = dict(info.num_examples)
-    if split in sizes:
-        return int(sizes[split])
-    from cnn_jax.data import splits
-    return int(splits.num_examples(split, sizes, f"data set {info.name!r}"))
-
-
-def input_shape(config: ml_collections.ConfigDict, info: Any) -> tuple[int, ...]:
-    """(H, W, C) of the images the model sees."""
-    shape = tuple(int(d) for d in info.image_shape)
-    size = int(config.data.get("image_size", -1))
-    if size > 0 and len(shape) == 3:
-        shape = (size, size, shape[2])
-    return shape
-
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int):
-    """The model named by config.model.name with its fields (the registry validates them)."""
-    from cnn_jax import models
-    fields = {k: v for k, v in config.model.to_dict().items() if k not in ("name", "bn_sync")}
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-    if config.parallel == "pmap" and config.model.get("bn_sync", True):
-        fields["bn_axis_name"] = parallel.PMAP_AXIS
-    return models.build(config.model.name, num_classes=num_classes,
-                        dtype=DTYPES[config.dtype], **fields)
-
-
-class Setup:
-    """Everything derived from the config before any step runs."""
-
-    def __init__(self, config: ml_collections.ConfigDict, for_training: bool = True):
-        from cnn_jax import data as data_lib
-        self.data_lib = data_lib
-        validate_config(config)
-        self.config = config
-        self.info = data_lib.get_info(config.data)
-        self.num_classes = int(self.info.num_classes)
-        parallel.check_divisible(config.batch_size, "batch_size")
-        self.eval_batch_size = int(config.get("eval_batch_size", -1))
-        if self.eval_batch_size <= 0:
-            self.eval_batch_size = config.batch_size
-        parallel.check_divisible(self.eval_batch_size, "eval_batch_size")
-        self.num_train = split_size(self.info, config.data.train_split)
-        if for_training and self.num_train < config.batch_size:
-            raise ValueError(
-                f"The training split {config.data.train_split!r} has {self.num_train} examples, "
-                f"fewer than one batch (batch_size={config.batch_size}).")
-        self.steps_per_epoch = max(1, self.num_train // config.batch_size)
-        self.total_steps = (int(config.total_steps) if config.total_steps > 0
-                            else max(1, int(math.ceil(config.num_epochs * self.steps_per_epoch))))
-        self.model = build_model(config, self.num_classes)
-        self.input_shape = input_shape(config, self.info)
-        self.schedule = optim.create_schedule(config, self.steps_per_epoch, self.total_steps)
-        param_shapes = jax.eval_shape(
-            lambda: init_variables(self.model, jax.random.PRNGKey(0), self.input_shape))[0]
-        self.tx = optim.create_optimizer(config, self.schedule, param_shapes)
-        self.step_cfg = steps.StepConfig(
-            apply_fn=self.model.apply, tx=self.tx, schedule=self.schedule,
-            num_classes=self.num_classes, label_smoothing=float(config.label_smoothing),
-            aux_loss_weight=float(config.get("aux_loss_weight", 0.3)),
-            ema_decay=float(config.ema_decay),
-            eval_flip_tta=bool(config.get("eval_flip_tta", False)),
-            axis_name=parallel.PMAP_AXIS if config.parallel == "pmap" else None)
-        self.strategy = parallel.create_strategy(config.parallel, self.step_cfg,
-                                                 bn_sync=bool(config.model.get("bn_sync", True)))
-        self.init_fn = functools.partial(create_train_state, self.model, self.tx, int(config.seed),
-                                         self.input_shape, config.ema_decay > 0)
-        self.template = jax.eval_shape(self.init_fn)
-
-    def state_from_tree(self, tree: dict) -> TrainState:
-        """Checks a restored tree against this model's state, then places it on the devices."""
-        if self.template.ema_params is not None and add_ema_batch_stats(tree):
-            print("WARNING: the checkpoint predates the EMA of the BatchNorm statistics; it starts "
-                  "from the running statistics (as its EMA weights were evaluated so far).",
-                  flush=True)
-        expected = state_to_tree(self.template)
-        want = {ckpt._path_str(p): (tuple(x.shape), np.dtype(x.dtype))
-                for p, x in jax.tree_util.tree_flatten_with_path(expected)[0]}
-        got = {ckpt._path_str(p): (tuple(np.shape(x)), np.asarray(x).dtype)
-               for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-        if want != got:
-            diff = sorted(set(want.items()) ^ set(got.items()))[:6]
-            raise ValueError(
-                "The checkpoint does not fit the configured model/optimizer (differing arrays: "
-                f"{diff}). It was written by another config; evaluate it with that config, or "
-                "train this one in a new --workdir.")
-        return self.strategy.place_state(tree_to_state(self.template, tree))
-
-    def eval_split_label(self, split: str) -> str:
-        if split == self.config.data.get("val_split", ""):
-            return "val"
-        return "val" if split.startswith("val") else "test"
-
-
-def evaluate(setup: Setup, state: TrainState, split: str) -> dict:
-    """Loss, top-1 and top-5 over every example of `split` (padding masked out)."""
-    start = time.time()
-    it = setup.data_lib.create_eval_iterator(
-        setup.config.data, split, global_batch_size=setup.eval_batch_size,
-        process_index=jax.process_index(), process_count=jax.process_count())
-    total, undecodable = None, 0.0
-    for batch in it:
-        undecodable += float(np.sum(batch.get("undecodable", 0.0)))
-        batch = {k: batch[k] for k in ("image", "label", "mask") if k in batch}
-        sums = setup.strategy.eval_sums(state, setup.strategy.place_batch(batch))
-        total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-    if total is None:
-        raise ValueError(f"The evaluation split {split!r} yielded no batches.")
-    total = setup.strategy.fetch(total)
-    count = float(total["count"])
-    if jax.process_count() > 1:  # each process counted its own files
-        from jax.experimental import multihost_utils
-        undecodable = float(np.sum(multihost_utils.process_allgather(np.float32(undecodable))))
-    return {**_weights_and_raw(total, count), "num_undecodable": int(round(undecodable)),
-            "loss": float(total["loss"]) / count, "top1": float(total["top1"]) / count,
-            "top5": float(total["top5"]) / count, "num_examples": int(round(count)),
-            "seconds": time.time() - start, **metrics_lib.per_class(total["confusion"])}
-
-
-def _weights_and_raw(total: dict, count: float) -> dict:
-    """`weights`: which weights loss/top1/top5 score ("ema": the EMA weights with the EMA
-    BatchNorm statistics; "raw": the live weights), and for an EMA run the live weights' figures
-    as raw_loss, raw_top1, raw_top5."""
-    raw = {f"raw_{k}": float(total[f"raw_{k}"]) / count for k in steps.RAW_KEYS
-           if f"raw_{k}" in total}
-    return {"weights": "ema" if raw else "raw", **raw}
-
-
-# What an evaluation record carries besides the example count: the scores and their weights.
-SCORE_KEYS = ("loss", "top1", "top5", "weights", *(f"raw_{k}" for k in steps.RAW_KEYS))
-
-
-def _scores(m: dict) -> dict:
-    return {k: m[k] for k in SCORE_KEYS if k in m}
-
-
-# ----------------------------------------------------------------------------------------------
-# Training.
-
-
-class _StopFlag:
-    """Set by SIGTERM/SIGINT: the loop saves a checkpoint at the next step boundary and exits."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        # Multi-process runs leave SIGTERM to JAX's preemption sync manager, which agrees on a
-        # step at which every process stops (see `stop_requested`).
-        if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C stops at once
-        self.signum = signum
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-
-    def stop_requested(self, dispatch: int) -> bool:
-        """True when the loop should stop; `dispatch` counts calls, the same on every process."""
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            if multihost_utils.reached_preemption_sync_point(dispatch):
-                self.signum = signal.SIGTERM
-        return self.signum is not None
-
-
-def _barrier(name: str) -> None:
-    """Waits for every process (a no-op in single-process runs)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
 
 
 def _params_crc(params: Any) -> str:
@@ -368,7 +121,7 @@ def _final_summary(workdir: str, split_records: dict[str, dict]) -> dict:
                                             *metrics_lib.PER_CLASS_KEYS)}
                   for split, m in split_records.items()})
     for split, m in split_records.items():  # the weights scored, and the live weights' figures
-        final[split].update(_scores(m))
+        final[split].update(scores(m))
     return {"final": final, "best_val_top1": best["top1"] if best else None,
             "best_val_step": best["step"] if best else None,
             "img_per_s": statistics.median(speeds) if speeds else None}
@@ -470,7 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                     moved = store.quarantine(bad_step)
                     print(f"WARNING: moved unreadable checkpoint {bad_step} to {moved}",
                           flush=True)
-            _barrier("quarantine")
+            barrier("quarantine")
             store.manager.reload()
         print(f"Resuming from checkpoint step {start_step} in {store.directory}", flush=True)
     else:
@@ -505,7 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             os.path.join(workdir, metrics_lib.METRICS_FILE), start_step, evals_at_last=False)
 
     logger = metrics_lib.MetricsLogger(workdir, enabled=is_writer, hparams=cfg_dict)
-    stop = _StopFlag()
+    stop = StopFlag()
     stop.install()
     try:
         return _train_loop(setup, state, start_step, workdir, store, logger, stop,
@@ -518,7 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 def _train_loop(setup: Setup, state: TrainState, start_step: int, workdir: str,
                 store: ckpt.CheckpointStore, logger: metrics_lib.MetricsLogger,
-                stop: _StopFlag, cfg_dict: dict, run_start: float, elapsed_before: float) -> dict:
+                stop: StopFlag, cfg_dict: dict, run_start: float, elapsed_before: float) -> dict:
     config, strategy = setup.config, setup.strategy
     is_writer = jax.process_index() == 0
     total, spe = setup.total_steps, setup.steps_per_epoch
@@ -614,7 +367,7 @@ def _train_loop(setup: Setup, state: TrainState, start_step: int, workdir: str,
             state = strategy.sync_state(state)
             eval_metrics = evaluate(setup, state, periodic_split)
             logger.write({"step": step, "epoch": step / spe, "split": periodic_label,
-                          **_scores(eval_metrics),
+                          **scores(eval_metrics),
                           "num_examples": eval_metrics["num_examples"], "wall_time": wall()})
             progress.eval_line(step, periodic_label, eval_metrics)
             window_start += time.time() - pause
@@ -649,7 +402,7 @@ def _train_loop(setup: Setup, state: TrainState, start_step: int, workdir: str,
         else:
             m = evaluate(setup, state, split)
             logger.write({"step": step, "epoch": step / spe, "split": label,
-                          **_scores(m),
+                          **scores(m),
                           "num_examples": m["num_examples"], "wall_time": wall()})
             progress.eval_line(step, label, m)
         split_records[label] = m
@@ -689,116 +442,3 @@ def _print_final(results: dict) -> None:
               f"(loss {m['loss']:.4f}, {m['num_examples']} examples) after "
               f"{results.get('epochs', 0):.2f} epochs, {results.get('wall_time_s', 0):.0f}s"
               f"{metrics_lib.weights_note(m)}", flush=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation and prediction from a workdir's newest checkpoint.
-
-
-def _restore_for_inference(config: ml_collections.ConfigDict, workdir: str
-                           ) -> tuple[Setup, TrainState, int, dict]:
-    configure_jax(config)
-    if not ckpt.checkpoint_steps(workdir):
-        raise FileNotFoundError(
-            f"No checkpoint in {os.path.join(workdir, ckpt.CHECKPOINT_SUBDIR)}: train first "
-            f"(same command without --mode).")
-    setup = Setup(config, for_training=False)
-    live = workdir_lock.live_holder(workdir)
-    if live is not None:
-        print(f"Note: a training run is live in {workdir} ({workdir_lock.describe(live, False)}): "
-              f"reading its newest checkpoint.", flush=True)
-    store = ckpt.CheckpointStore(workdir, read_only=True)
-    try:
-        tree, meta, step, _ = ckpt.newest_readable(store, None)
-    except ckpt.CheckpointError as e:
-        live = live or workdir_lock.live_holder(workdir)
-        if live is None:
-            raise
-        raise ckpt.CheckpointError(  # never advise moving a live run's checkpoints away
-            f"No checkpoint of {workdir} could be read while a training run is live there "
-            f"({workdir_lock.describe(live)}); it was probably replacing them meanwhile. Nothing "
-            f"was moved or changed: re-run --mode=eval, or wait until the run has finished.") from e
-    finally:
-        store.close()
-    diffs = ckpt.config_differences(meta["config"], config_to_dict(config))
-    if diffs:
-        print("WARNING: the checkpoint was trained with a different config: "
-              + ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs[:10]), flush=True)
-    return setup, setup.state_from_tree(tree), step, meta
-
-
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Evaluates the newest checkpoint on config.data.eval_split; writes DIR/eval_metrics.json."""
-    workdir = files.user_path(workdir)
-    setup, state, step, _ = _restore_for_inference(config, workdir)
-    split = config.data.eval_split
-    m = evaluate(setup, state, split)
-    expected = split_size(setup.info, split)
-    out = {**_scores(m), "top1": m["top1"], "top5": m["top5"], "loss": m["loss"],
-           "num_examples": m["num_examples"], "split": split, "step": step,
-           "model": config.model.name, "data": config.data.name,
-           **{k: m[k] for k in metrics_lib.PER_CLASS_KEYS}}
-    if m["num_undecodable"]:
-        out["num_undecodable"] = m["num_undecodable"]
-    if m["num_examples"] + m["num_undecodable"] != expected:
-        raise RuntimeError(f"Evaluation counted {m['num_examples']} examples but split {split!r} "
-                           f"has {expected}: the evaluation input pipeline dropped or repeated "
-                           f"examples.")
-    if jax.process_index() == 0:
-        ckpt.write_json(os.path.join(workdir, EVAL_FILE), out)
-    print(f"Eval of step {step} on {split}: top-1 {100 * m['top1']:.2f}% top-5 "
-          f"{100 * m['top5']:.2f}% loss {m['loss']:.4f} ({m['num_examples']} examples)"
-          f"{metrics_lib.weights_note(m)} -> {os.path.join(workdir, EVAL_FILE)}", flush=True)
-    return out
-
-
-def load_image(path: str, shape: tuple[int, ...], mean: Any, std: Any) -> np.ndarray:
-    """An image file as the model's input: resized to (H, W), channels matched, normalised."""
-    from PIL import Image
-
-    from cnn_jax.data import image_tree
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Image file not found: {path}")
-    h, w, c = shape
-    try:
-        with Image.open(path) as img:  # 16-bit PNGs scaled as in training, not clipped
-            img = image_tree.to_8bit(img).convert("L" if c == 1 else "RGB")
-            img = img.resize((w, h), Image.BILINEAR)
-            x = np.asarray(img, np.float32) / 255.0
-    except image_tree.unreadable_errors() as e:  # a decompression bomb included
-        raise ValueError(f"Cannot read image {path}: {e}") from None
-    x = x.reshape(h, w, c)
-    mean = np.zeros(c, np.float32) if mean is None else np.asarray(mean, np.float32)
-    std = np.ones(c, np.float32) if std is None else np.asarray(std, np.float32)
-    return (x - mean) / std
-
-
-def predict(config: ml_collections.ConfigDict, workdir: str, image_paths: list[str],
-            top_k: int = 5) -> list[dict]:
-    """Top-k classes with probabilities for each image file, from the newest checkpoint."""
-    if not image_paths:
-        raise ValueError("--mode=predict needs image files: --images=a.jpg,b.png")
-    workdir = files.user_path(workdir)
-    setup, state, step, _ = _restore_for_inference(config, workdir)
-    info = setup.info
-    if setup.config.data.get("normalize", "train_stats") == "none":
-        mean, std = None, None
-    else:
-        mean, std = getattr(info, "mean", None), getattr(info, "std", None)
-    images = np.stack([load_image(p, setup.input_shape, mean, std) for p in image_paths])
-    host = setup.strategy.host_state(state)
-    ema = host.ema_params is not None  # the EMA weights go with the EMA statistics
-    params, stats = (host.ema_params, host.ema_batch_stats) if ema else (host.params,
-                                                                         host.batch_stats)
-    probs = np.asarray(jax.jit(functools.partial(steps.predict_probs, apply_fn=setup.model.apply))(
-        {"params": params, "batch_stats": stats}, images))
-    names = list(getattr(info, "class_names", None) or [str(i) for i in range(probs.shape[1])])
-    out = []
-    for path, p in zip(image_paths, probs):
-        order = np.argsort(-p)[:min(top_k, len(p))]
-        top = [{"class": names[i] if i < len(names) else str(i), "index": int(i),
-                "prob": float(p[i])} for i in order]
-        out.append({"image": path, "top": top})
-        print(f"{path}: " + ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in top),
-              flush=True)
-    return out
