@@ -175,14 +175,31 @@ class Setup:
         got = {ckpt._path_str(p): (tuple(np.shape(x)), np.asarray(x).dtype)
                for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
         if want != got:
-            diff = sorted(set(want.items()) ^ set(got.items()))[:6]
             raise ValueError(
                 "The checkpoint does not fit the configured model/optimizer (differing arrays: "
-                f"{diff}). It was written by another config; evaluate it with that config, or "
-                "train this one in a new --workdir.")
+                f"{_array_differences(got, want)}). It was written by another config; evaluate "
+                "it with that config, or train this one in a new --workdir.")
         return self.strategy.place_state(tree_to_state(self.template, tree))
 
     def eval_split_label(self, split: str) -> str:
         if split == self.config.data.get("val_split", ""):
             return "val"
         return "val" if split.startswith("val") else "test"
+
+
+def _array_differences(stored: dict, configured: dict, limit: int = 6) -> str:
+    """'params/fc1/kernel: stored (3072, 64) float32, configured (3072, 32) float32; ...'.
+
+    One entry per differing path, the model's params first (the arrays a user recognises), then
+    the batch statistics, EMA and optimizer state; `limit` entries, then how many more differ.
+    """
+    def describe(entry):
+        return "missing" if entry is None else f"{entry[0]} {entry[1]}"
+
+    paths = [p for p in set(stored) | set(configured) if stored.get(p) != configured.get(p)]
+    paths.sort(key=lambda p: (not p.startswith("params"), p))
+    parts = [f"{p}: stored {describe(stored.get(p))}, configured {describe(configured.get(p))}"
+             for p in paths[:limit]]
+    if len(paths) > limit:
+        parts.append(f"... {len(paths) - limit} more")
+    return "; ".join(parts)
