@@ -66,6 +66,25 @@ def _error_lines(proc):
 # The lock itself.
 
 
+
+def _second_while_first_is_frozen(first_args, second_args, directory, tmp_path):
+    """Starts the first launch, freezes it (SIGSTOP) once it holds `directory`'s lock, runs the
+    second launch to completion, then lets the first finish; returns both processes' results."""
+    with open(tmp_path / "first.log", "w") as log:
+        first = _launch(first_args, tmp_path, log)
+        try:
+            _wait_for_holder(directory, first)
+            os.kill(first.pid, signal.SIGSTOP)  # frozen while the second one starts
+            try:
+                second = _second_launch(second_args, tmp_path)
+            finally:
+                os.kill(first.pid, signal.SIGCONT)
+            assert first.wait(timeout=600) == 0, (tmp_path / "first.log").read_text()[-3000:]
+        finally:
+            if first.poll() is None:
+                first.kill()
+    return first, second
+
 def test_a_second_holder_is_refused_naming_the_first_and_the_fix(tmp_path, capsys):
     d = tmp_path / "run"
     with workdir_lock.hold(d, kind="training run") as record:
@@ -132,20 +151,9 @@ def test_a_start_that_fails_leaves_no_directory_behind(tmp_path):
 
 def test_a_second_run_on_a_live_workdir_is_refused_at_once_and_the_first_is_intact(tmp_path):
     run = tmp_path / "run"
-    with open(tmp_path / "first.log", "w") as log:
-        first = _launch([TINY, f"--workdir={run}"], tmp_path, log)
-        try:
-            _wait_for_holder(run, first)
-            os.kill(first.pid, signal.SIGSTOP)  # frozen while the second one starts
-            try:
-                second = _second_launch([TINY, f"--workdir={run}", "--config.optim.lr=0.01"],
-                                        tmp_path)
-            finally:
-                os.kill(first.pid, signal.SIGCONT)
-            assert first.wait(timeout=600) == 0, (tmp_path / "first.log").read_text()[-3000:]
-        finally:
-            if first.poll() is None:
-                first.kill()
+    first, second = _second_while_first_is_frozen(
+        [TINY, f"--workdir={run}"], [TINY, f"--workdir={run}", "--config.optim.lr=0.01"], run,
+        tmp_path)
     assert second.returncode == 1, second.stdout[-2000:] + second.stderr[-2000:]
     (line,) = _error_lines(second)
     assert line.startswith("ERROR:") and f"pid {first.pid} on host" in line
@@ -163,19 +171,7 @@ def test_a_second_run_on_a_live_workdir_is_refused_at_once_and_the_first_is_inta
 def test_a_second_sweep_on_a_live_sweep_directory_is_refused_and_the_first_finishes(tmp_path):
     root = tmp_path / "sweep"
     args = [f"{TINY}:points=alpha", f"--workdir={root}", "--sweep"]
-    with open(tmp_path / "first.log", "w") as log:
-        first = _launch(args, tmp_path, log)
-        try:
-            _wait_for_holder(root, first)
-            os.kill(first.pid, signal.SIGSTOP)
-            try:
-                second = _second_launch(args, tmp_path)
-            finally:
-                os.kill(first.pid, signal.SIGCONT)
-            assert first.wait(timeout=600) == 0, (tmp_path / "first.log").read_text()[-3000:]
-        finally:
-            if first.poll() is None:
-                first.kill()
+    first, second = _second_while_first_is_frozen(args, args, root, tmp_path)
     assert second.returncode == 1, second.stdout[-2000:] + second.stderr[-2000:]
     (line,) = _error_lines(second)
     assert line.startswith("ERROR:") and f"in use by a live sweep (pid {first.pid} on host" in line
