@@ -124,6 +124,12 @@ def plot_curves(runs: Sequence[Run], out_dir: Path, group_axis: str | None) -> l
             failed = [r for r in line_runs if run_status(r)[0] == "failed"]
             rest = [r for r in line_runs if r not in failed]
             ok = [r for r in rest if r.metrics]  # a pending seed has no curve to average
+            # The mean is over the finished seeds, as in the summary's mean ± std table; a seed
+            # still running or preempted is drawn on its own (dotted), not cut into the mean.
+            finished = [r for r in ok if run_status(r)[0] == "finished"]
+            if finished:
+                failed += [r for r in ok if r not in finished]
+                ok = finished
             for r in failed:
                 _draw_failed(ax, r, color, eval_split,
                              label if len(line_runs) == 1 else r.name)
@@ -142,7 +148,7 @@ def plot_curves(runs: Sequence[Run], out_dir: Path, group_axis: str | None) -> l
                 for x, _, lo, hi in (train, val):
                     if x:
                         ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
-            statuses = {run_status(r)[0] for r in rest}
+            statuses = {run_status(r)[0] for r in ok}
             note = f" (mean of {len(ok)} seeds, band min-max)" if len(ok) > 1 else ""
             if statuses != {"finished"}:
                 note += f" ({', '.join(sorted(statuses))})"
