@@ -16,7 +16,8 @@ expect a few points more error (see ../shared/datasets/README.md). Recipe: He et
 Args (comma-separated after the file name): runlocal, data=cifar10|synthetic, epochs=182,
 depths=20+32+44+56 (the sweep's depth axis), depth and residual (set per point by the sweep),
 seeds=0 (e.g. seeds=0+1: every point once per seed, named depth20_residual_seed1, and the report
-gives mean and std over them), seed (set per point: config.seed).
+gives mean and std over them), seed (set per point: config.seed), widths=16+32+64 (the three
+stages' channels, model.widths; e.g. widths=8+16+32 for a quarter of the FLOPs on a CPU).
 Data: $CNN_JAX_CIFAR10 or ~/data/cifar10-jpeg (see experiments/common.py for how to
 extract it). Sweep points are passed as experiment args, e.g. `...:depth=20,residual=True`.
 """
@@ -28,7 +29,8 @@ DATA_HINT = common.CIFAR10_DATA_HINT
 
 def _args(arg):
     return common.parse_arg(arg, runlocal=False, data="cifar10", epochs=182,
-                            depths=(20, 32, 44, 56), depth=20, residual=True, seeds=(0,), seed=0)
+                            depths=(20, 32, 44, 56), depth=20, residual=True, seeds=(0,), seed=0,
+                            widths=(16, 32, 64))
 
 
 def get_config(arg=None):
@@ -36,6 +38,8 @@ def get_config(arg=None):
     c = common.he2016_recipe(a.epochs)
     c.seed = a.seed
     c.model.name = f"{'resnet' if a.residual else 'plain'}{a.depth}"
+    if tuple(a.widths) != (16, 32, 64):
+        c.model.widths = tuple(a.widths)
     if a.residual:
         c.model.shortcut = "A"
     common.set_cifar10_data(c, a.data, a.runlocal)

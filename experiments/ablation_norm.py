@@ -22,7 +22,8 @@ stage); their Table 3 finds 8 groups 0.3 points behind 32 on ImageNet. LayerNorm
 Args: runlocal, data=cifar10|synthetic, epochs=182, depth=20, norms=batch+group+layer+none,
 groups=8, norm and residual (set per point by the sweep), seeds=0 (e.g. seeds=0+1: every point
 once per seed, named norm-batch_residual_seed1, and the report gives mean and std over them), seed
-(set per point: config.seed).
+(set per point: config.seed), widths=16+32+64 (model.widths; at widths=8+16+32 use groups=4 to keep
+2/4/8 channels per group).
 """
 
 from cnn_jax.models.resnet import CIFAR_NORM_GROUPS
@@ -34,7 +35,7 @@ DATA_HINT = common.CIFAR10_DATA_HINT
 def _args(arg):
     return common.parse_arg(arg, runlocal=False, data="cifar10", epochs=182, depth=20,
                             norms=("batch", "group", "layer", "none"), norm="batch", residual=True,
-                            seeds=(0,), seed=0, groups=CIFAR_NORM_GROUPS)
+                            seeds=(0,), seed=0, widths=(16, 32, 64), groups=CIFAR_NORM_GROUPS)
 
 
 def get_config(arg=None):
@@ -42,6 +43,8 @@ def get_config(arg=None):
     c = common.he2016_recipe(a.epochs)
     c.seed = a.seed
     c.model.name = f"{'resnet' if a.residual else 'plain'}{a.depth}"
+    if tuple(a.widths) != (16, 32, 64):
+        c.model.widths = tuple(a.widths)
     c.model.norm = a.norm
     if a.norm == "group":
         c.model.norm_groups = a.groups
