@@ -2,7 +2,8 @@
 parameters of an uninterrupted run; SIGTERM saves a checkpoint at the step it stopped.
 
 No race with the run: the launched process pauses once a chosen checkpoint is complete on disk
-(writing a marker file) and waits there to be signalled, so a fast machine cannot finish first.
+(writing a marker file) and waits there, still inside the save, to be signalled, so a fast
+machine cannot finish first. A second Ctrl-C while a checkpoint is written waits for the save.
 """
 
 import importlib.util
@@ -27,6 +28,7 @@ from tests.helpers import assert_bitwise_equal, checkpoint_params  # noqa: E402
 TOTAL = 40
 
 PAUSE_ENV = "TINY_SIGNALS_PAUSE"  # "STEP:DIR": pause after checkpoint STEP, markers in DIR
+WAIT_ENV = "TINY_SIGNALS_WAIT"  # what ends the pause: "SIGTERM" (default) or e.g. "SIGINT*2"
 
 EXPERIMENT = f'''
 import os
@@ -37,9 +39,11 @@ from cnn_jax.train import checkpoint as _ckpt
 from tests.faults.tiny_config import tiny_mlp_config
 
 # With {PAUSE_ENV}=STEP:DIR (set by the test for the run it interrupts, never for the reference),
-# the run stops after its checkpoint STEP is complete on disk, writes DIR/paused and waits there
-# until a SIGTERM has reached the run's own handler (or a SIGKILL ends it).
+# the run stops after its checkpoint STEP is complete on disk, writes DIR/paused and waits there,
+# inside the save, until a SIGTERM (or the signals {WAIT_ENV} names, e.g. SIGINT*2) has reached
+# the run's own handler (or a SIGKILL ends it). After the n-th signal it writes DIR/got<n>.
 _pause = os.environ.get("{PAUSE_ENV}")
+_wait_sig, _, _wait_n = os.environ.get("{WAIT_ENV}", "SIGTERM").partition("*")
 if _pause and not getattr(_ckpt.CheckpointStore.save, "pauses", False):
     _at, _dir = _pause.split(":", 1)
     _save = _ckpt.CheckpointStore.save
@@ -53,17 +57,20 @@ if _pause and not getattr(_ckpt.CheckpointStore.save, "pauses", False):
             with open(os.path.join(_dir, "paused.tmp"), "w") as f:
                 f.write(str(step))
             got = []
-            handler = signal.getsignal(signal.SIGTERM)  # the training loop's
+            sig, count = getattr(signal, _wait_sig), int(_wait_n or 1)
+            handler = signal.getsignal(sig)  # the training loop's
 
-            def on_term(signum, frame):
-                signal.signal(signal.SIGTERM, handler)
+            def on_signal(signum, frame):
+                if len(got) + 1 == count:
+                    signal.signal(sig, handler)
                 handler(signum, frame)
                 got.append(signum)
+                open(os.path.join(_dir, f"got{{len(got)}}"), "w").close()
 
-            signal.signal(signal.SIGTERM, on_term)
+            signal.signal(sig, on_signal)
             os.replace(os.path.join(_dir, "paused.tmp"), os.path.join(_dir, "paused"))
             deadline = time.time() + 600
-            while not got and time.time() < deadline:
+            while len(got) < count and time.time() < deadline:
                 time.sleep(0.01)
 
     _save_then_pause.pauses = True
@@ -104,10 +111,11 @@ def reference(experiment, tmp_path_factory):
     return workdir
 
 
-def launch(experiment, workdir, env, pause=None):
-    """launch.py on the experiment; `pause=(step, dir)` makes it wait after checkpoint `step`."""
+def launch(experiment, workdir, env, pause=None, wait_for="SIGTERM"):
+    """launch.py on the experiment; `pause=(step, dir)` makes it wait after checkpoint `step`
+    for the signals `wait_for` ("SIGTERM", "SIGINT*2")."""
     if pause is not None:
-        env = dict(env, **{PAUSE_ENV: f"{pause[0]}:{pause[1]}"})
+        env = dict(env, **{PAUSE_ENV: f"{pause[0]}:{pause[1]}", WAIT_ENV: wait_for})
     return subprocess.Popen(
         [sys.executable, "launch.py", f"--config={experiment}", f"--workdir={workdir}"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -165,3 +173,50 @@ def test_sigterm_saves_at_the_step_it_stopped(experiment, env, reference, tmp_pa
     assert preempted == {"status": "preempted", "step": stopped, "signal": "SIGTERM"}
     records = read_jsonl(str(workdir / "metrics.jsonl"))
     assert max(r["step"] for r in records) == stopped
+
+
+def _wait_for_file(proc, path, timeout=120):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.time() < deadline, f"{path.name} not written in {timeout}s"
+        time.sleep(0.01)
+
+
+def test_a_second_ctrl_c_during_a_save_waits_for_it_and_ends_in_one_line(experiment, env,
+                                                                          tmp_path):
+    """Ctrl-C twice while the first checkpoint is being written (it pauses inside the save):
+    the save completes, the run stops at it with its one line, no KeyboardInterrupt traceback."""
+    workdir = tmp_path / "run"
+    proc = launch(experiment, workdir, env, pause=(1, tmp_path), wait_for="SIGINT*2")
+    wait_until_paused(proc, tmp_path, 1)
+    proc.send_signal(signal.SIGINT)
+    _wait_for_file(proc, tmp_path / "got1")  # the first reached the run's handler
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+    assert proc.returncode == 0, out[-3000:]
+    assert "Stopped by SIGINT at step 1:" in out
+    assert ckpt.checkpoint_steps(str(workdir)) == [1]
+    preempted = json.loads((workdir / "results.json").read_text())
+    assert preempted == {"status": "preempted", "step": 1, "signal": "SIGINT"}
+
+
+def test_a_second_ctrl_c_outside_a_save_stops_at_once_in_one_line():
+    """Between saves a second Ctrl-C ends the run at once: a one-line SystemExit, no traceback."""
+    from cnn_jax.train.preemption import StopFlag
+
+    stop = StopFlag()
+    stop.install()
+    try:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.signum == signal.SIGINT and stop.stop_requested(0)
+        with stop.saving():
+            signal.raise_signal(signal.SIGINT)  # waits for the save: no exception
+        with pytest.raises(SystemExit, match="second Ctrl-C") as exit_info:
+            signal.raise_signal(signal.SIGINT)
+        assert "\n" not in str(exit_info.value.code) and "resume" in str(exit_info.value.code)
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.signum == signal.SIGINT  # the first signal names the stop
+    finally:
+        stop.restore()

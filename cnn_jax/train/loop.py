@@ -304,7 +304,8 @@ def _train_loop(setup: Setup, state: TrainState, start_step: int, workdir: str,
         metrics = None
         if eval_metrics is not None and best_key:
             metrics = {best_key: float(eval_metrics[best_key])}
-        store.save(step, host, meta(step), metrics)
+        with stop.saving():  # a second Ctrl-C waits for the save
+            store.save(step, host, meta(step), metrics)
         return state
 
     step = start_step
@@ -383,7 +384,8 @@ def _train_loop(setup: Setup, state: TrainState, start_step: int, workdir: str,
         if checked_until < step and window:
             check_finite(_mean_train_metrics(window, strategy)[1], step)
         save(step, state, None)
-        store.wait()
+        with stop.saving():
+            store.wait()
         name = signal.Signals(stop.signum).name if stop.signum else "signal"
         print(f"Stopped by {name} at step {step}: checkpoint saved in {store.directory}. "
               f"Re-run the same command to resume.", flush=True)

@@ -3,24 +3,33 @@ process.
 
 `StopFlag` turns SIGTERM/SIGINT into a request the training loop checks once per dispatch; in a
 multi-process run it asks JAX's preemption sync manager instead, so that every process stops at
-the same step. `barrier` waits for every process (a no-op in single-process runs).
+the same step. A second Ctrl-C stops the run at once (one line, no traceback), except while a
+checkpoint is being written (`StopFlag.saving()`): then it waits for the save, and the run stops
+at that checkpoint. `barrier` waits for every process (a no-op in single-process runs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT: the loop saves a checkpoint at the next step boundary and exits."""
+    """Set by SIGTERM/SIGINT: the loop saves a checkpoint at the next step boundary and exits.
+
+    A second SIGINT (Ctrl-C twice) ends the run at once with one line (SystemExit: no traceback,
+    and the `finally` blocks still close the metrics and wait for a save in flight), unless it
+    comes during `saving()`: a save is never cut short, and the run then stops at its checkpoint.
+    """
 
     def __init__(self):
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._saving = 0
 
     def install(self) -> None:
         # Multi-process runs leave SIGTERM to JAX's preemption sync manager, which agrees on a
@@ -31,9 +40,21 @@ class StopFlag:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C stops at once
-        self.signum = signum
+        if self.signum is not None and signum == signal.SIGINT and not self._saving:
+            raise SystemExit("Stopped at once by a second Ctrl-C: nothing was saved since the "
+                             "newest checkpoint. Re-run the same command to resume from it.")
+        if self.signum is None:
+            self.signum = signum
+
+    @contextlib.contextmanager
+    def saving(self) -> Iterator[None]:
+        """A checkpoint is being written: a second Ctrl-C meanwhile waits for it (the loop then
+        stops at this checkpoint) instead of interrupting the save."""
+        self._saving += 1
+        try:
+            yield
+        finally:
+            self._saving -= 1
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
