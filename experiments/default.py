@@ -31,6 +31,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.aux_loss_weight = 0.3            # GoogLeNet auxiliary classifiers' loss weight (training)
     c.init_from = ""                   # "DIR[:STEP]": start from that run's params and BN stats
     c.freeze = ()                      # regexes over param paths ("^conv1/"): kept fixed
+    c.divergence_factor = 20.0         # stop when the train loss > this x max(first loss, ln K)
+    c.divergence_param_factor = 1e4    # ... or the param norm > this x its start (0: off; see
+                                       # cnn_jax/train/divergence.py)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "lenet5"

@@ -308,9 +308,11 @@ def test_no_readable_checkpoint_never_starts_from_scratch(reference, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    # Warm-up: step 1 trains at lr 0, so its checkpoint is good; lr 1e35 at step 1 would leave
+    # blown-up parameters that are (now) never checkpointed (test_divergence.py).
     config = tiny_config(**{"optim.lr": 1e35, "optim.schedule": "constant", "ema_decay": 0.0,
                             "log_every_steps": 1, "checkpoint_every_steps": 1,
-                            "optim.weight_decay": 0.0})
+                            "optim.weight_decay": 0.0, "optim.warmup_epochs": 0.5})
     with pytest.raises(loop.NonFiniteLossError) as e:
         loop.train_and_evaluate(config, str(tmp_path))
     steps = ckpt.checkpoint_steps(str(tmp_path))

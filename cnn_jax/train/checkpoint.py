@@ -34,6 +34,7 @@ RESUME_SAFE_FIELDS = (
     "keep_best_metric", "async_checkpoints", "compilation_cache", "steps_per_dispatch",
     "eval_batch_size", "eval_flip_tta", "data.eval_split", "data.val_split",
     "data.max_bad_fraction", "data.cache_dir", "data.download", "data.tfds_data_dir",
+    "divergence_factor", "divergence_param_factor",
 )
 # Fields `--extend` lets grow (the run gets longer; its schedule is rebuilt for the new length).
 EXTEND_FIELDS = ("total_steps", "num_epochs")

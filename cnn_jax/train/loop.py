@@ -24,7 +24,7 @@ from absl import logging
 from cnn_jax import files, workdir_lock
 from cnn_jax.train import checkpoint as ckpt
 from cnn_jax.train import metrics as metrics_lib
-from cnn_jax.train import finetune, steps
+from cnn_jax.train import divergence, finetune, steps
 from cnn_jax.train.inference import evaluate, scores
 from cnn_jax.train.preemption import StopFlag, barrier
 from cnn_jax.train.setup import Setup, config_to_dict, configure_jax
@@ -34,13 +34,10 @@ from cnn_jax.train.state import TrainState, state_to_tree
 # its own module, so patch it there (inference.evaluate for evaluate_checkpoint, for example).
 from cnn_jax.train.inference import EVAL_FILE, evaluate_checkpoint, load_image, predict  # noqa
 from cnn_jax.train.setup import DTYPES, build_model, input_shape, validate_config  # noqa
+from cnn_jax.train.divergence import NonFiniteLossError  # noqa
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; the run stopped before saving bad state."""
 
 
 def _params_crc(params: Any) -> str:
@@ -213,6 +210,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         except Exception:
             store.close()
             raise
+        guard = divergence.Guard(config, setup.num_classes, meta.get("divergence"), fresh=False)
+        if guard.ref_param_norm is None:  # a checkpoint from before the check: its norm
+            guard.check_params(tree["params"])
         state = setup.state_from_tree(tree)
         del tree
         elapsed_before = float(meta.get("wall_time", 0.0))
@@ -235,6 +235,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 store.close()
                 raise
         start_step = 0
+        guard = divergence.Guard(config, setup.num_classes)
+        guard.check_params(setup.strategy.fetch(state.params))  # the starting norm
     if is_writer:
         ckpt.write_json(os.path.join(workdir, CONFIG_FILE), cfg_dict)
         metrics_lib.truncate_jsonl(os.path.join(workdir, metrics_lib.METRICS_FILE), start_step)
@@ -262,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     stop.install()
     try:
         return _train_loop(setup, state, start_step, workdir, store, logger, stop,
-                           cfg_dict, run_start, elapsed_before)
+                           cfg_dict, run_start, elapsed_before, guard)
     finally:
         stop.restore()
         logger.close()
@@ -271,7 +273,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 def _train_loop(setup: Setup, state: TrainState, start_step: int, workdir: str,
                 store: ckpt.CheckpointStore, logger: metrics_lib.MetricsLogger,
-                stop: StopFlag, cfg_dict: dict, run_start: float, elapsed_before: float) -> dict:
+                stop: StopFlag, cfg_dict: dict, run_start: float, elapsed_before: float,
+                guard: divergence.Guard) -> dict:
     config, strategy = setup.config, setup.strategy
     is_writer = jax.process_index() == 0
     total, spe = setup.total_steps, setup.steps_per_epoch
@@ -296,11 +299,15 @@ def _train_loop(setup: Setup, state: TrainState, start_step: int, workdir: str,
 
     def meta(step: int) -> dict:
         return {"config": cfg_dict, "epoch": step / spe, "wall_time": wall(),
-                "data": data_facts(setup)}
+                "data": data_facts(setup), "divergence": guard.reference()}
 
     def save(step: int, state: TrainState, eval_metrics: dict | None) -> TrainState:
         state = strategy.sync_state(state)
         host = state_to_tree(strategy.host_state(state))
+        why = guard.check_params(host["params"])  # never checkpoint diverged parameters
+        if why:
+            raise divergence.stop(store, step, why, spe, params_bad=True, is_writer=is_writer,
+                                  config=config)
         metrics = None
         if eval_metrics is not None and best_key:
             metrics = {best_key: float(eval_metrics[best_key])}
@@ -314,16 +321,11 @@ def _train_loop(setup: Setup, state: TrainState, start_step: int, workdir: str,
     window_start, window_images, checked_until = time.time(), 0, step
 
     def check_finite(losses: np.ndarray, upto: int) -> None:
-        if not np.all(np.isfinite(losses)):
-            bad = upto - len(losses) + int(np.argmin(np.isfinite(losses))) + 1
-            store.wait()
-            good = store.steps()
-            raise NonFiniteLossError(
-                f"Non-finite training loss or gradient norm at step {bad} "
-                f"(epoch {bad / spe:.2f}): training stopped, no checkpoint of this state was "
-                f"saved. Last good checkpoint: "
-                f"{f'step {good[-1]} in {store.directory}' if good else 'none'}. Lower "
-                f"optim.lr, set grad_clip_norm, or check the data.")
+        """Stops a diverged run (non-finite, or above the bound: see divergence.py)."""
+        bad = guard.first_bad(losses, upto)
+        if bad is not None:
+            raise divergence.stop(store, bad[0], bad[1], spe, params_bad=False,
+                                  is_writer=is_writer, config=config)
 
     dispatch, first_step_s = 0, None
     while step < total:

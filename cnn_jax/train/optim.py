@@ -34,6 +34,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_number("optim.b1", o.get("b1", 0.9), low=0, high=1, high_open=True)
     check_number("optim.b2", o.get("b2", 0.999), low=0, high=1, high_open=True)
     check_number("optim.eps", o.get("eps", 1e-8), low=0)
+    if o.name in ("adam", "adamw") and float(o.get("eps", 1e-8)) <= 0:
+        raise ValueError(
+            f"config.optim.eps={o.eps!r} with optim.name={o.name!r}: Adam divides by "
+            f"sqrt(second moment) + eps, which is 0/0 = NaN for every parameter whose gradient "
+            f"is 0 (the run diverges within steps). Set --config.optim.eps to a positive "
+            f"value, e.g. 1e-8 (the default).")
     check_choice("optim.milestone_unit", o.get("milestone_unit", "epochs"), ("epochs", "steps"))
     milestones = o.milestones
     if isinstance(milestones, (int, float)):

@@ -67,6 +67,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check_number("label_smoothing", config.label_smoothing, low=0, high=1, high_open=True)
     check_number("grad_clip_norm", config.grad_clip_norm)
     check_number("aux_loss_weight", config.get("aux_loss_weight", 0.3), low=0)
+    for field in ("divergence_factor", "divergence_param_factor"):  # 0: that check is off
+        check_number(field, config.get(field, 1.0), low=0)
     if config.dtype == "float16":
         raise ValueError(
             "config.dtype='float16' is refused: this engine has no loss scaling, without which "
