@@ -5,7 +5,9 @@ A tiny MLP (fc1 -> BN norm1 -> fc2 head) on synthetic 6x6x3 images; the source r
 classes, the fine-tuned one 7, so the head is new.
 """
 
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -161,7 +163,29 @@ def test_a_damaged_checkpoint_is_an_error(source, tmp_path):
     assert "\n" not in msg
 
 
-def test_parse_init_from():
-    assert finetune.parse_init_from("/a/b:12") == ("/a/b", 12)
-    assert finetune.parse_init_from("/a/b") == ("/a/b", None)
-    assert finetune.parse_init_from("/a/b:x") == ("/a/b:x", None)
+def test_parse_init_from(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    here = os.getcwd()  # a relative DIR is taken from the working directory
+    assert finetune.parse_init_from("runs/a/b:12") == (os.path.join(here, "runs/a/b"), 12)
+    assert finetune.parse_init_from("runs/a/b") == (os.path.join(here, "runs/a/b"), None)
+    assert finetune.parse_init_from("runs/a/b:x") == (os.path.join(here, "runs/a/b:x"), None)
+    run = str(tmp_path / "other" / "run")
+    assert finetune.parse_init_from(f"{run}:7") == (run, 7)
+    assert finetune.parse_init_from(run) == (run, None)
+
+
+def test_bad_init_from_on_the_command_line_is_one_error_line(tmp_path):
+    """The errors above reach the user as one ERROR line (launch.py's error path)."""
+    missing = tmp_path / "nowhere"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    p = subprocess.run(
+        [sys.executable, "launch.py", "--config=experiments/lenet5_fashion_mnist.py:runlocal",
+         "--config.data.name=synthetic", "--config.data.train_split=train",
+         "--config.data.eval_split=test", f"--config.init_from={missing}:4",
+         f"--workdir={tmp_path / 'run'}"],
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+        timeout=600)
+    assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr[-2000:]
+    assert p.stderr.startswith(f"ERROR: FileNotFoundError: config.init_from='{missing}:4': "
+                               f"directory {missing} does not exist; give the --workdir of the "
+                               f"run to start from")

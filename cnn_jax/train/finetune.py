@@ -22,6 +22,7 @@ import optax
 
 from cnn_jax import files
 from cnn_jax.train import checkpoint as ckpt
+from cnn_jax.train import quiet
 
 FROZEN, TRAINABLE = "frozen", "trainable"
 VARIABLES = ("params", "batch_stats")
@@ -41,6 +42,7 @@ def parse_init_from(value: str) -> tuple[str, int | None]:
     return files.user_path(value), step
 
 
+@quiet.orbax_read_only()
 def read_source(init_from: str) -> tuple[dict, dict, int, str]:
     """(state tree, meta, step, run directory) of the checkpoint `init_from` names.
 
