@@ -1,8 +1,8 @@
 """The launcher: train (default), evaluate, predict, or run a sweep; `python -m cnn_jax ...`.
 
     python -m cnn_jax --config=experiments/NAME.py[:ARGS] --workdir=DIR [--config.a.b=V ...]
-    python -m cnn_jax --config=... --workdir=DIR --mode=eval        # -> DIR/eval_metrics.json
-    python -m cnn_jax --config=... --workdir=DIR --mode=predict --images=a.jpg,b.png
+    python -m cnn_jax --workdir=DIR --mode=eval        # DIR/config.json -> DIR/eval_metrics.json
+    python -m cnn_jax --workdir=DIR --mode=predict --images=a.jpg,b.png [--config.a.b=V ...]
     python -m cnn_jax --config=experiments/SWEEP.py --workdir=DIR --sweep [--sweep_parallel=N]
     python -m cnn_jax --config=experiments/SWEEP.py --workdir=DIR --sweep --sweep_executor=slurm \
         [--slurm_partition=P --slurm_gpus_per_node=8 --slurm_nodes=2 --slurm_time_min=600]
@@ -99,6 +99,33 @@ def check_config_arg(argv: list[str]) -> None:
                      f"{', '.join(os.path.basename(n) for n in names) or '(none)'}.{hint}")
         return
     sys.exit("ERROR: --config=experiments/NAME.py is required.")
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    """The (last) value of `--name=V` or `--name V` on the command line, else None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+def with_workdir_config(argv: list[str]) -> list[str]:
+    """`--mode=eval|predict --workdir=DIR` without --config: the command line with the run's own
+    resolved config, DIR/config.json, as --config (`cnn_jax.workdir_config`); --config.a.b=V
+    overrides apply on top. An explicit --config wins. No config.json there: one ERROR line."""
+    mode, workdir = _flag_value(argv, "mode"), _flag_value(argv, "workdir")
+    if (mode not in ("eval", "predict") or not workdir or _flag_value(argv, "config") is not None
+            or any(a in ("--help", "-h", "--helpfull", "--helpshort", "-?") for a in argv)):
+        return argv
+    from cnn_jax import workdir_config
+    try:
+        config = workdir_config.config_arg(workdir, mode)
+    except ValueError as e:
+        sys.exit(f"ERROR: {e}")
+    return [*argv[:1], config, *argv[1:]]  # before any --config.a.b=V override
 
 
 def config_overrides(argv: list[str]) -> list[str]:
@@ -207,6 +234,6 @@ def parse_flags(argv: list[str]) -> list[str]:
 def cli(argv: list[str] | None = None) -> None:
     """The command line: defines the flags, checks --config, parses, runs; exits with its status."""
     define_flags()
-    argv = list(sys.argv if argv is None else argv)
+    argv = with_workdir_config(list(sys.argv if argv is None else argv))
     check_config_arg(argv)
     app.run(main, argv=argv, flags_parser=parse_flags)

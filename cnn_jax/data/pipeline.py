@@ -196,6 +196,14 @@ def get_info(data_cfg: Any) -> DatasetInfo:
     return _plan(data_cfg).info
 
 
+def eval_view(data_cfg: Any) -> tuple[str, tuple[int, ...], int, float, np.ndarray, np.ndarray]:
+    """How evaluation preprocesses this data set's images: (source kind, model input shape,
+    image size, central crop fraction, normalisation scale, bias); see `eval_image`."""
+    plan = _plan(data_cfg, splits_to_count=(str(field(data_cfg, "train_split", "train")),))
+    return (plan.source.kind, plan.info.image_shape, plan.image_size, _eval_crop(plan.cfg),
+            plan.scale, plan.bias)
+
+
 def num_train_examples(info: DatasetInfo) -> int:
     """Examples in the configured training split."""
     return info.num_examples[info.train_split]

@@ -11,7 +11,7 @@ from cnn_jax.report import find_runs, plot_feature_maps, plot_filters, write_rep
 
 def cli() -> None:
     """`python -m cnn_jax.report DIR [...]`; flags are defined here so importing stays side-free."""
-    from absl import app, flags
+    from absl import app, flags, logging
 
     flags.DEFINE_bool("filters", False, "Also draw the first conv layer's kernels of each run's "
                       "newest checkpoint (filters.png in the run directory).")
@@ -25,6 +25,8 @@ def cli() -> None:
     FLAGS = flags.FLAGS  # noqa: N806 (absl's convention)
 
     def main(argv: Sequence[str]) -> None:
+        if not FLAGS["verbosity"].present:  # JAX and Orbax are chatty at INFO (as launch.py)
+            logging.set_verbosity(logging.WARNING)
         if len(argv) != 2:
             raise app.UsageError("usage: python -m cnn_jax.report DIR [--filters] "
                                  "[--feature_maps IMAGE] [--group_by AXIS]")

@@ -65,10 +65,11 @@ def filter_grid(kernel: Any) -> Any:
 
 def plot_filters(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Draws the first conv layer's kernels of the newest checkpoint into `filters.png`."""
-    from cnn_jax.train import checkpoint
+    from cnn_jax.train import checkpoint, quiet
 
     run_dir = Path(run_dir)
-    variables, config, step = checkpoint.load_latest(str(run_dir))
+    with quiet.orbax_read_only():  # Orbax's restore chatter only with --verbosity
+        variables, config, step = checkpoint.load_latest(str(run_dir))
     name, kernel = first_conv_kernel(variables["params"], _module_order(config, variables))
     plt = pyplot()
     kh, kw, cin, cout = kernel.shape
@@ -140,17 +141,16 @@ def first_layer_activations(run_dir: str | Path, image: str | Path, num_layers: 
     import jax.numpy as jnp
     import numpy as np
 
-    from cnn_jax.train import checkpoint, inference
+    from cnn_jax.data import eval_image
+    from cnn_jax.train import checkpoint, quiet
 
     if num_layers < 1:
         raise ValueError(f"--num_layers={num_layers} must be >= 1")
     run_dir = Path(run_dir)
-    variables, config, step = checkpoint.load_latest(str(run_dir))
-    model, info, shape, config = _rebuild(config)
-    mean = std = None
-    if config.data.get("normalize", "train_stats") != "none":
-        mean, std = getattr(info, "mean", None), getattr(info, "std", None)
-    x = inference.load_image(str(image), shape, mean, std)
+    with quiet.orbax_read_only():  # Orbax's restore chatter only with --verbosity
+        variables, config, step = checkpoint.load_latest(str(run_dir))
+    model, info, _, config = _rebuild(config)
+    x = eval_image.load(config.data, [str(image)])[0]  # as evaluation (and predict) see it
     calls, logits = _trace(model, variables, jnp.asarray(x[None]))
     four_d = [(p, c, np.asarray(o)[0]) for p, c, o in calls
               if hasattr(o, "ndim") and o.ndim == 4 and o.shape[0] == 1]

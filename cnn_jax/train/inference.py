@@ -1,6 +1,7 @@
 """Evaluation and prediction: `evaluate` (one split; also the training loop's periodic and final
-evaluations), `evaluate_checkpoint` (--mode=eval), `predict` (--mode=predict) and `load_image`,
-which decodes an image file into the model's input.
+evaluations), `evaluate_checkpoint` (--mode=eval), `predict` (--mode=predict, whose images are
+preprocessed by `data.eval_image` exactly as evaluation's) and `load_image`, a plain decode of
+an image file resized to the model's input shape.
 
 `evaluate_checkpoint` and `predict` restore a workdir's newest checkpoint (read-only, beside a
 live training run if there is one).
@@ -21,7 +22,7 @@ import numpy as np
 from cnn_jax import files, workdir_lock
 from cnn_jax.train import checkpoint as ckpt
 from cnn_jax.train import metrics as metrics_lib
-from cnn_jax.train import steps
+from cnn_jax.train import quiet, steps
 from cnn_jax.train.setup import Setup, config_to_dict, configure_jax, split_size
 from cnn_jax.train.state import TrainState
 
@@ -75,13 +76,15 @@ def scores(m: dict) -> dict:
 # Evaluation and prediction from a workdir's newest checkpoint.
 
 
+@quiet.orbax_read_only()
 def _restore_for_inference(config: ml_collections.ConfigDict, workdir: str
                            ) -> tuple[Setup, TrainState, int, dict]:
     configure_jax(config)
     if not ckpt.checkpoint_steps(workdir):
         raise FileNotFoundError(
-            f"No checkpoint in {os.path.join(workdir, ckpt.CHECKPOINT_SUBDIR)}: train first "
-            f"(same command without --mode).")
+            f"No checkpoint in {os.path.join(workdir, ckpt.CHECKPOINT_SUBDIR)}: nothing to "
+            f"evaluate yet. Train first (the training command, without --mode), or give the "
+            f"--workdir of a run that has checkpoints.")
     setup = Setup(config, for_training=False)
     live = workdir_lock.live_holder(workdir)
     if live is not None:
@@ -133,7 +136,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
 
 
 def load_image(path: str, shape: tuple[int, ...], mean: Any, std: Any) -> np.ndarray:
-    """An image file as the model's input: resized to (H, W), channels matched, normalised."""
+    """An image file resized (stretched) to (H, W), channels matched, normalised; not what
+    evaluation does with `data.image_size > 0` (see `data.eval_image.load`)."""
     from PIL import Image
 
     from cnn_jax.data import image_tree
@@ -155,22 +159,23 @@ def load_image(path: str, shape: tuple[int, ...], mean: Any, std: Any) -> np.nda
 
 def predict(config: ml_collections.ConfigDict, workdir: str, image_paths: list[str],
             top_k: int = 5) -> list[dict]:
-    """Top-k classes with probabilities for each image file, from the newest checkpoint."""
+    """Top-k classes with probabilities for each image file, from the newest checkpoint.
+
+    The images are preprocessed as evaluation preprocesses the data set's (`data.eval_image`),
+    and scored as evaluation scores them (`steps.eval_logits`: flip TTA with `eval_flip_tta`).
+    """
     if not image_paths:
         raise ValueError("--mode=predict needs image files: --images=a.jpg,b.png")
     workdir = files.user_path(workdir)
     setup, state, step, _ = _restore_for_inference(config, workdir)
     info = setup.info
-    if setup.config.data.get("normalize", "train_stats") == "none":
-        mean, std = None, None
-    else:
-        mean, std = getattr(info, "mean", None), getattr(info, "std", None)
-    images = np.stack([load_image(p, setup.input_shape, mean, std) for p in image_paths])
+    from cnn_jax.data import eval_image
+    images = eval_image.load(setup.config.data, image_paths)  # as evaluation preprocesses
     host = setup.strategy.host_state(state)
     ema = host.ema_params is not None  # the EMA weights go with the EMA statistics
     params, stats = (host.ema_params, host.ema_batch_stats) if ema else (host.params,
                                                                          host.batch_stats)
-    probs = np.asarray(jax.jit(functools.partial(steps.predict_probs, apply_fn=setup.model.apply))(
+    probs = np.asarray(jax.jit(functools.partial(steps.predict_probs, cfg=setup.step_cfg))(
         {"params": params, "batch_stats": stats}, images))
     names = list(getattr(info, "class_names", None) or [str(i) for i in range(probs.shape[1])])
     out = []

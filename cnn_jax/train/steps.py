@@ -143,12 +143,7 @@ def eval_sums(params: Any, batch_stats: Any, batch: dict, cfg: StepConfig) -> di
     Sums (not means) so that padded examples are dropped and every real example counts once.
     With `eval_flip_tta`, the logits are the mean of the image's and its horizontal mirror's.
     """
-    variables = {"params": params, "batch_stats": batch_stats}
-    logits, _ = _split_outputs(cfg.apply_fn(variables, batch["image"], train=False))
-    if cfg.eval_flip_tta:  # test-time augmentation: average with the mirror image's logits
-        mirrored, _ = _split_outputs(cfg.apply_fn(variables, batch["image"][:, :, ::-1],
-                                                  train=False))
-        logits = (logits.astype(jnp.float32) + mirrored.astype(jnp.float32)) / 2
+    logits = eval_logits({"params": params, "batch_stats": batch_stats}, batch["image"], cfg)
     labels = batch["label"]
     mask = batch.get("mask")
     mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
@@ -164,7 +159,16 @@ def eval_sums(params: Any, batch_stats: Any, batch: dict, cfg: StepConfig) -> di
     return sums
 
 
-def predict_probs(variables: dict, images: jax.Array, apply_fn: Callable[..., Any]) -> jax.Array:
-    """Class probabilities for a batch of preprocessed images (inference mode)."""
-    logits, _ = _split_outputs(apply_fn(variables, images, train=False))
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+def eval_logits(variables: dict, images: jax.Array, cfg: StepConfig) -> jax.Array:
+    """Inference-mode logits, as evaluation scores them (and prediction ranks them): with
+    `eval_flip_tta`, the mean (float32) of the image's and its horizontal mirror's."""
+    logits, _ = _split_outputs(cfg.apply_fn(variables, images, train=False))
+    if cfg.eval_flip_tta:  # test-time augmentation: average with the mirror image's logits
+        mirrored, _ = _split_outputs(cfg.apply_fn(variables, images[:, :, ::-1], train=False))
+        logits = (logits.astype(jnp.float32) + mirrored.astype(jnp.float32)) / 2
+    return logits
+
+
+def predict_probs(variables: dict, images: jax.Array, cfg: StepConfig) -> jax.Array:
+    """Class probabilities for a batch of preprocessed images, from `eval_logits`."""
+    return jax.nn.softmax(eval_logits(variables, images, cfg).astype(jnp.float32), axis=-1)
