@@ -7,6 +7,7 @@ has no such call, hence `atomic_write`. `read_json` treats a missing or torn fil
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -30,11 +31,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and e.errno and not e.filename:  # a write(): name the file
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
 
@@ -67,6 +70,33 @@ def read_json_object(path: str | os.PathLike) -> dict | None:
     """The JSON object in `path`; None when it is missing, torn or not an object."""
     obj = read_json(path)
     return obj if isinstance(obj, dict) else None
+
+
+# Why the file system refused, and what the user can do about it (see `refusal_line`).
+_FIXES = {
+    errno.EACCES: "make it writable for this user (check its owner and mode with ls -ld) or "
+                  "give another --workdir",
+    errno.EROFS: "its file system is mounted read-only: give a --workdir on a writable one",
+    errno.ENOSPC: "the disk is full: free space (df -h shows what is left) or give a --workdir "
+                  "on another disk, then re-run the same command (a run resumes from its last "
+                  "complete checkpoint)",
+    errno.ENAMETOOLONG: "a component of the path is longer than the file system allows (255 "
+                        "bytes): give a shorter --workdir",
+    errno.ENOTDIR: "a component of the path is a file, not a directory: give another --workdir",
+    errno.EEXIST: "it exists and is not a directory: give another --workdir, or move it away",
+    errno.EISDIR: "it is a directory where a file was expected: move it away",
+}
+_FIXES[errno.EPERM] = _FIXES[errno.EACCES]
+_FIXES[errno.EDQUOT] = _FIXES[errno.ENOSPC].replace("the disk is full", "the disk quota is used up")
+
+
+def refusal_line(e: BaseException) -> str | None:
+    """One line for a file-system refusal (permissions, read-only, full disk, bad path): the
+    path, the reason and the fix; None for any other error."""
+    if not isinstance(e, OSError) or e.errno not in _FIXES:
+        return None
+    path = e.filename if e.filename else "a file of the run"
+    return f"{e.strerror or os.strerror(e.errno)}: {path}. Fix: {_FIXES[e.errno]}."
 
 
 def enable_compilation_cache(path: str | os.PathLike) -> str | None:

@@ -176,6 +176,11 @@ def main(argv: list[str]) -> int:
     try:
         return run(FLAGS.mode)
     except Exception as e:  # noqa: BLE001 - user errors become one line, the rest propagate
+        from cnn_jax import files
+        refused = files.refusal_line(e)  # the file system said no: the path and the fix
+        if refused and not os.environ.get("CNN_JAX_TRACEBACK"):
+            print(f"ERROR: {refused}", file=sys.stderr, flush=True)
+            return 1
         if not is_user_error(e) or os.environ.get("CNN_JAX_TRACEBACK"):
             raise
         print(f"ERROR: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
@@ -192,6 +197,9 @@ def is_user_error(e: Exception) -> bool:
 
 def run(mode: str) -> int:
     """Dispatches to the sweep runner or the training engine (imported only when needed)."""
+    if not FLAGS.workdir.strip():  # `--workdir=$DIR` with DIR unset: not the current directory
+        raise ValueError("--workdir is empty (an unset shell variable?): give the run's "
+                         "directory, e.g. --workdir=runs/NAME.")
     if FLAGS.sweep or FLAGS.sweep_dry_run:
         from cnn_jax import sweep
         return sweep.main(FLAGS["config"].config_filename, FLAGS.workdir,

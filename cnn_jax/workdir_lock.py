@@ -27,6 +27,7 @@ exists wherever the engine runs (Linux, macOS). Details that matter:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import inspect
@@ -47,6 +48,11 @@ _RETRY_SLEEP_S = 0.05   # ... this far apart: about a second in all
 
 class WorkdirInUseError(ValueError):
     """Another live process (a training run or a sweep) holds the directory's lock."""
+
+
+class WorkdirNotWritableError(OSError):
+    """The directory (or its lock file) cannot be created or written: no permission, a
+    read-only file system, a full disk (errno, strerror and the path as an OSError's)."""
 
 
 def lock_path(directory: str | os.PathLike, index: int = 0) -> str:
@@ -158,12 +164,17 @@ def hold(directory: str | os.PathLike, *, kind: str = "run", index: int = 0,
     while not os.path.isdir(d) and os.path.dirname(d) != d:
         created.append(d)
         d = os.path.dirname(d)
-    os.makedirs(directory, exist_ok=True)
     path = lock_path(directory, index)
     try:
+        os.makedirs(directory, exist_ok=True)
         fd = _acquire(path)
     except WorkdirInUseError as e:
         raise WorkdirInUseError(_in_use_message(directory, kind, e.args[0])) from None
+    except OSError as e:
+        _remove_created(created)
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+            raise WorkdirNotWritableError(e.errno, e.strerror, e.filename or path) from None
+        raise
     ok = False
     try:
         stale = _read_record(fd)
@@ -172,8 +183,11 @@ def hold(directory: str | os.PathLike, *, kind: str = "run", index: int = 0,
                   f"{stale.get('kind', 'run')} that is no longer running ({describe(stale)}).",
                   flush=True)
         record = _record(kind)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(record, sort_keys=True) + "\n").encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(record, sort_keys=True) + "\n").encode(), 0)
+        except OSError as e:  # a full disk: name the file
+            raise WorkdirNotWritableError(e.errno, e.strerror, path) from None
         yield record
         ok = True
     finally:
@@ -181,11 +195,16 @@ def hold(directory: str | os.PathLike, *, kind: str = "run", index: int = 0,
             os.unlink(path)  # still holding the lock: nobody can be using this file
         os.close(fd)
         if not ok:
-            for d in created:  # fails (rightly) where anything was written
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    break
+            _remove_created(created)
+
+
+def _remove_created(created: list[str]) -> None:
+    """Removes the directories a refused start created, deepest first, while they are empty."""
+    for d in created:  # fails (rightly) where anything was written
+        try:
+            os.rmdir(d)
+        except OSError:
+            break
 
 
 def _in_use_message(directory: str, kind: str, holder: dict | None) -> str:

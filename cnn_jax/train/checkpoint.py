@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from cnn_jax import files
+from cnn_jax.train import save_failures
 
 CHECKPOINT_SUBDIR = "checkpoints"
 QUARANTINE_SUBDIR = "checkpoints_corrupt"
@@ -125,6 +126,10 @@ class CheckpointStore:
             cleanup_tmp_directories=not read_only)
         self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "meta"),
                                              options=options)
+        self._started: int | None = None  # the step of the last save started
+        if not read_only:  # a failed save: one ERROR line, not Orbax's threads' tracebacks
+            save_failures.condense_orbax_errors()
+            save_failures.reset()
 
     def steps(self) -> list[int]:
         """Complete checkpoints (Orbax renames a save into place only once it is written)."""
@@ -155,14 +160,16 @@ class CheckpointStore:
                 state=ocp.args.StandardSave(host_tree), meta=ocp.args.JsonSave(meta)),
                 metrics=metrics, force=True)
         except Exception as e:  # noqa: BLE001 - also an earlier asynchronous save's failure
-            raise self._save_error(e, step) from e
+            earlier = self._started is not None and self._started not in self.manager.all_steps()
+            raise self._save_error(e, self._started if earlier else step) from e
+        self._started = int(step)
 
     def wait(self) -> None:
         """Blocks until the asynchronous saves are on disk; a failed one raises CheckpointError."""
         try:
             self.manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001
-            raise self._save_error(e, None) from e
+            raise self._save_error(e, self._started) from e
 
     def close(self) -> None:
         try:
@@ -171,6 +178,8 @@ class CheckpointStore:
             logging.warning("Closing the checkpoint manager: %s", e)
 
     def _save_error(self, e: Exception, step: int | None) -> CheckpointError:
+        step = save_failures.failed_step(e, self.directory, step)
+        save_failures.mark_failed()
         what = f"step {step}" if step is not None else "a checkpoint"
         cause = " ".join(f"{type(e).__name__}: {e}".split())[:500]
         return CheckpointError(

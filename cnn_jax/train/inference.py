@@ -127,11 +127,17 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
         raise RuntimeError(f"Evaluation counted {m['num_examples']} examples but split {split!r} "
                            f"has {expected}: the evaluation input pipeline dropped or repeated "
                            f"examples.")
+    target = os.path.join(workdir, EVAL_FILE)
     if jax.process_index() == 0:
-        ckpt.write_json(os.path.join(workdir, EVAL_FILE), out)
+        try:
+            ckpt.write_json(target, out)
+        except OSError as e:  # a read-only or full workdir: the result is still printed
+            print(f"WARNING: could not write {target} ({e.strerror or e}); the result is "
+                  f"only printed below.", flush=True)
+            target = "not saved"
     print(f"Eval of step {step} on {split}: top-1 {100 * m['top1']:.2f}% top-5 "
           f"{100 * m['top5']:.2f}% loss {m['loss']:.4f} ({m['num_examples']} examples)"
-          f"{metrics_lib.weights_note(m)} -> {os.path.join(workdir, EVAL_FILE)}", flush=True)
+          f"{metrics_lib.weights_note(m)} -> {target}", flush=True)
     return out
 
 

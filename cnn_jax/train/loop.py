@@ -180,7 +180,6 @@ def check_resume(setup: Setup, meta: dict, cfg_dict: dict, start_step: int, work
           f"{listing}", flush=True)
 
 
-@workdir_lock.locked("training run", index=lambda: jax.process_index())  # one writer per DIR
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        force: bool = False, extend: bool = False) -> dict:
     """Trains `config` in `workdir`, resuming from its newest good checkpoint; returns results.
@@ -189,8 +188,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     results.json. Resuming a checkpoint whose stored config or training data differs (outside
     checkpoint.RESUME_SAFE_FIELDS) is refused; `force` resumes anyway, `extend` lets
     total_steps/num_epochs grow (a finished run's results.json is kept as
-    results_step<N>.json).
+    results_step<N>.json). A run already finished with this config is reported as such even
+    where `workdir` cannot be written (read-only); otherwise that is a WorkdirNotWritableError.
     """
+    try:
+        return _train_and_evaluate(config, workdir, force=force, extend=extend)
+    except workdir_lock.WorkdirNotWritableError:
+        path = os.path.join(files.user_path(workdir), RESULTS_FILE)
+        previous = ckpt.read_json(path)
+        if (extend or not previous or previous.get("status") != "finished"
+                or ckpt.config_differences(previous.get("config", {}), config_to_dict(config))):
+            raise
+        print(f"Run already finished at step {previous.get('step')}: {path} (the workdir is "
+              f"not writable; nothing was written)", flush=True)
+        _print_final(previous)
+        return previous
+
+
+@workdir_lock.locked("training run", index=lambda: jax.process_index())  # one writer per DIR
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                        force: bool = False, extend: bool = False) -> dict:
     configure_jax(config)
     workdir = files.user_path(workdir)
     is_writer = jax.process_index() == 0
