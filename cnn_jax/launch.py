@@ -53,6 +53,8 @@ def define_flags() -> None:
             "Multi-host: process count ($JAX_NUM_PROCESSES).")
     _define(flags.DEFINE_integer, "process_id", None,
             "Multi-host: this process's index ($JAX_PROCESS_ID).")
+    _define(flags.DEFINE_integer, "multihost_timeout_s", 300, "Multi-host: seconds to wait for "
+            "every process to join the coordinator before giving up with an error.")
     _define(flags.DEFINE_bool, "sweep", False,
             "Run every point of the experiment's get_sweep() in DIR/<point>.")
     _define(flags.DEFINE_bool, "sweep_dry_run", False, "Print one launch command per sweep point.")
@@ -157,13 +159,46 @@ def multihost_requested() -> bool:
 
 
 def init_distributed() -> None:
+    """jax.distributed.initialize, giving up after --multihost_timeout_s with one ERROR line
+    naming the coordinator and the processes that did not join (JAX's own deadline aborts the
+    process from C++ with a stack dump, so a watchdog thread ends it first)."""
+    import threading
+
     import jax
     num = FLAGS.num_processes or os.environ.get("JAX_NUM_PROCESSES")
     pid = FLAGS.process_id if FLAGS.process_id is not None else os.environ.get("JAX_PROCESS_ID")
-    jax.distributed.initialize(
-        coordinator_address=FLAGS.coordinator_address,
-        num_processes=int(num) if num is not None else None,
-        process_id=int(pid) if pid is not None else None)
+    timeout = int(FLAGS.multihost_timeout_s)
+    if timeout < 1:
+        raise ValueError(f"--multihost_timeout_s={timeout} must be at least 1 second.")
+    address = (FLAGS.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
+               or "(found by the cluster's auto-detection)")
+    who = f"process {pid} of {num}" if pid is not None and num else "this process"
+    others = ([str(i) for i in range(int(num)) if str(i) != str(pid)]
+              if num and pid is not None else [])
+    print(f"jax.distributed: {who} joining the coordinator at {address} (waiting up to "
+          f"{timeout} s for every process)", flush=True)
+
+    def give_up() -> None:
+        missing = f"processes {', '.join(others)}" if others else "some processes"
+        print(f"ERROR: jax.distributed: {who} waited {timeout} s at the coordinator {address}, "
+              f"but {missing} did not join. Start every process with the same "
+              f"--coordinator_address and --num_processes and its own --process_id (0 runs the "
+              f"coordinator), check that the address is reachable from each host, or raise "
+              f"--multihost_timeout_s.", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
+
+    watchdog = threading.Timer(timeout, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=int(num) if num is not None else None,
+            process_id=int(pid) if pid is not None else None,
+            initialization_timeout=timeout + 60)  # the watchdog speaks first
+    finally:
+        watchdog.cancel()
     print(f"jax.distributed: process {jax.process_index()}/{jax.process_count()}, "
           f"{jax.local_device_count()} local of {jax.device_count()} devices", flush=True)
 
