@@ -19,7 +19,6 @@ import os
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 
@@ -35,8 +34,10 @@ def define_flags() -> None:
     if "workdir" not in FLAGS:
         flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
         flags.mark_flag_as_required("workdir")
-    _define(config_flags.DEFINE_config_file, "config", None,
-            "Experiment file, e.g. experiments/x.py:arg=1", lock_config=True)
+    if "config" not in FLAGS:  # config.model gets every field of its model (model_config.py)
+        from cnn_jax import model_config
+        model_config.define_config_flag("config", None,
+                                        "Experiment file, e.g. experiments/x.py:arg=1")
     _define(flags.DEFINE_enum, "mode", "train", ["train", "eval", "predict"],
             "train (evaluates periodically), eval (newest checkpoint on data.eval_split), "
             "predict (top-5 classes of --images).")

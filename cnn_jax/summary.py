@@ -198,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num_classes", type=int,
                         help="default: 10 for MNIST/CIFAR models, 1000 for ImageNet models")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="model field override, repeatable (e.g. --set norm=group)")
+                        help="model field override, repeatable (e.g. --set norm=group); "
+                        "--set module=my_pkg.models imports a module that registers models")
     parser.add_argument("--depth", type=int, help="rows at this module depth (default: leaves)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--list", action="store_true", help="list the registered models")
@@ -208,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args.list else 2
     try:
         overrides = parse_sets(args.set)
+        models.import_module(overrides.pop("module", ""))  # --set module=my_pkg.models
         shape = (parse_shape(args.input_shape) if args.input_shape
                  else models.default_input_shape(args.model))
         num_classes = (args.num_classes if args.num_classes is not None

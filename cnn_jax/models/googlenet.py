@@ -4,6 +4,10 @@ Inception configuration from the paper's Table 1. `torchvision_compat=True` uses
 the paper has the 5x5 (torchvision's known deviation): 6,624,904 parameters at 1000 classes versus
 7,005,832 with the paper's 5x5. `aux_logits=True` adds the two auxiliary classifiers (after 4a and
 4d); the model then returns (logits, aux1, aux2) when `train=True` and only logits otherwise.
+`inception="naive"` builds every Inception block in the naive form of the paper's fig. 2a (no 1x1
+reductions, the pool branch passes all its input channels; Table 1's #1x1, #3x3 and #5x5 kept), the
+form whose cost the paper's reductions avoid: the channels grow block by block (5b outputs 4,944
+instead of 1,024) and it has 97,531,080 parameters at 1000 classes, 14 times the reduced 7,005,832.
 """
 
 from typing import Any
@@ -12,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.layers import (AdaptiveAvgPool, ConvBlock, GlobalAvgPool, InceptionBlock, MaxPool,
-                            make_conv)
+                            check_choice, make_conv)
 from cnn_jax.models.common import ModelBase
 
 # name: (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj)   (Table 1 of the paper)
@@ -23,6 +27,8 @@ INCEPTION = {
     "4e": (256, 160, 320, 32, 128, 128),
     "5a": (256, 160, 320, 32, 128, 128), "5b": (384, 192, 384, 48, 128, 128),
 }
+
+INCEPTION_FORMS = ("reduced", "naive")  # GoogLeNet.inception: fig. 2b (the network) or fig. 2a
 
 
 class InceptionAux(nn.Module):
@@ -53,13 +59,16 @@ class GoogLeNet(ModelBase):
     aux_dropout: float = 0.7
     norm: str = "batch"
     bn_epsilon: float = 1e-3  # torchvision's BasicConv2d
+    inception: str = "reduced"  # "reduced" (fig. 2b, the paper's network) | "naive" (fig. 2a)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         norm = self.checked_norm(x, train)
+        check_choice("inception", self.inception, INCEPTION_FORMS)
         conv = make_conv(self.dtype, use_bias=norm is None)
         block = lambda *cfg, name: InceptionBlock(  # noqa: E731
-            *cfg, kernel_5x5=3 if self.torchvision_compat else 5, conv=conv, norm=norm, name=name)
+            *cfg, reduced=self.inception == "reduced",
+            kernel_5x5=3 if self.torchvision_compat else 5, conv=conv, norm=norm, name=name)
         x = x.astype(self.dtype)
         x = ConvBlock(64, (7, 7), 2, 3, conv=conv, norm=norm, name="conv1")(x)
         x = MaxPool(3, 2, ceil_mode=True, name="pool1")(x)

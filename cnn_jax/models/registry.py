@@ -2,11 +2,15 @@
 
 `build(name, num_classes, **overrides)` turns plain values (as found in a config) into a module;
 models never see the config object. Variants are one-line entries over a family's fields.
+`field_defaults(name)` gives every field a config may set, with its default (the launcher fills
+`config.model` with them, so `--config.model.FIELD=V` works for each). `register(...)` adds a
+model from the user's own module; `import_module` imports such a module (`config.model.module`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -17,7 +21,7 @@ import jax.numpy as jnp
 from cnn_jax import validate
 from cnn_jax.layers import NORMS, SHORTCUTS
 from cnn_jax.models.alexnet import TORCHVISION_LAYERS, AlexNet
-from cnn_jax.models.googlenet import GoogLeNet
+from cnn_jax.models.googlenet import INCEPTION_FORMS, GoogLeNet
 from cnn_jax.models.lenet import LeNet5
 from cnn_jax.models.mlp import MLP
 from cnn_jax.models.resnet import CIFAR_DEPTHS, CifarResNet, ResNet
@@ -47,7 +51,8 @@ def _specs() -> dict[str, ModelSpec]:
         "alexnet_tv": ModelSpec(
             AlexNet, {"conv_layers": TORCHVISION_LAYERS, "adaptive_pool": 6,
                       "dropout_first": True}, IMAGENET, 1000, "AlexNet, torchvision variant"),
-        "googlenet": ModelSpec(GoogLeNet, {}, IMAGENET, 1000, "GoogLeNet / Inception v1 + BN"),
+        "googlenet": ModelSpec(GoogLeNet, {}, IMAGENET, 1000, "GoogLeNet / Inception v1 + BN "
+                               "(inception='naive': fig. 2a blocks)"),
     }
     for depth, stages in STAGES.items():
         specs[f"vgg{depth}"] = ModelSpec(VGG, {"stage_sizes": stages}, IMAGENET, 1000,
@@ -71,7 +76,49 @@ def _specs() -> dict[str, ModelSpec]:
     return specs
 
 
-MODELS: Mapping[str, ModelSpec] = _specs()
+MODELS: dict[str, ModelSpec] = _specs()  # register() adds to it
+# Fields a config does not set: the class count comes from the data, the compute dtype from
+# config.dtype, the BatchNorm axis from config.parallel and model.bn_sync.
+DERIVED_FIELDS = ("num_classes", "dtype", "bn_axis_name")
+
+
+def register(name: str, *, input_shape: tuple[int, int, int], num_classes: int = 1000,
+             about: str = "", **fields: Any) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator that registers a model (a Flax module with keyword fields) under `name`:
+
+        @register("tiny_cnn", input_shape=(32, 32, 3), num_classes=10, width=16)
+        class TinyCNN(ModelBase): ...
+
+    `fields` are the variant's fixed values (as the built-in entries). Put it in your own module
+    and name that module in `config.model.module` (it is imported before the model is looked up).
+    A name already taken by another class is an error; importing the same module twice is not.
+    """
+    def decorate(cls: type[nn.Module]) -> type[nn.Module]:
+        old = MODELS.get(name)
+        if old is not None and (old.cls.__module__, old.cls.__qualname__) != (
+                cls.__module__, cls.__qualname__):
+            raise ValueError(f"model name {name!r} is already registered (for "
+                             f"{old.cls.__module__}.{old.cls.__qualname__}); pick another name")
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"register({name!r}): {cls.__name__} has no field(s) {unknown}")
+        MODELS[name] = ModelSpec(cls, dict(fields), tuple(input_shape), int(num_classes),
+                                 about or cls.__name__)
+        return cls
+    return decorate
+
+
+def import_module(module: str) -> None:
+    """Imports the user's module that registers models (`config.model.module`); "" does nothing."""
+    if not module:
+        return
+    if not isinstance(module, str):
+        raise ValueError(f"model.module={module!r} must be a module name such as 'my_pkg.models'")
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise ValueError(f"model.module={module!r} cannot be imported ({e}); put the folder "
+                         "that holds it on PYTHONPATH (or run from that folder)") from e
 
 
 def _spec(name: str) -> ModelSpec:
@@ -99,6 +146,49 @@ def default_num_classes(name: str) -> int:
 def model_fields(name: str) -> list[str]:
     """The fields that `build(name, **overrides)` accepts."""
     return [f.name for f in dataclasses.fields(_spec(name).cls) if f.name not in ("parent", "name")]
+
+
+def _config_value(value: Any) -> bool:
+    """A value a config (and `--config.model.FIELD=V`) can hold: bool/int/float/str or tuples."""
+    if isinstance(value, (list, tuple)):
+        return all(_config_value(v) for v in value)
+    return isinstance(value, (bool, int, float, str))
+
+
+def field_defaults(name: str) -> dict[str, Any]:
+    """Every field of model `name` that a config may set, with the value `build` uses when the
+    config leaves it out (the variant's fixed value, else the class default).
+
+    Left out: DERIVED_FIELDS, and fields whose default no config can hold (None, a function).
+    """
+    spec = _spec(name)
+    out = {}
+    for f in dataclasses.fields(spec.cls):
+        if f.name in ("parent", "name", *DERIVED_FIELDS):
+            continue
+        if f.name in spec.fields:
+            value = spec.fields[f.name]
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            value = f.default_factory()  # type: ignore[misc]
+        else:
+            continue
+        if _config_value(value):
+            out[f.name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def describe(name: str, fields: Mapping[str, Any]) -> str:
+    """`name`, plus the fields that differ from its registered defaults: 'resnet20 (depth=26,
+    widths=(16, 32, 64, 128))', so that a log names the network that really runs."""
+    try:
+        defaults = field_defaults(name)
+    except ValueError:
+        return str(name)
+    changed = [f"{k}={_coerce(k, v)!r}" for k, v in fields.items()
+               if k in defaults and _coerce(k, v) != defaults[k]]
+    return f"{name} ({', '.join(changed)})" if changed else str(name)
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -174,7 +264,8 @@ def build(name: str, num_classes: int = 1000, **overrides: Any) -> nn.Module:
     kwargs = {**spec.fields, **{k: _coerce(k, v) for k, v in overrides.items()},
               "num_classes": int(num_classes)}
     check_fields(name, kwargs)
-    for key, choices in (("norm", NORMS), ("shortcut", SHORTCUTS)):
+    for key, choices in (("norm", NORMS), ("shortcut", SHORTCUTS),
+                         ("inception", INCEPTION_FORMS)):
         if key in kwargs:
             validate.check_member(key, kwargs[key], choices, where=f"model {name!r}: ")
     return spec.cls(**kwargs)

@@ -3,7 +3,8 @@
 ImageNet ResNets default to torchvision's v1.5 (stride on the 3x3 of the bottleneck) with
 projection shortcuts where the shape changes (option "B"); `stride_on_1x1=True` gives the paper's
 v1. `small_stem=True` replaces the 7x7/2 conv and max-pool by a 3x3/1 conv for 32x32 inputs.
-CIFAR ResNets follow section 4.2: 6n+2 layers, 16-32-64 channels, shortcut option "A"; the
+CIFAR ResNets follow section 4.2: 6n+2 layers, 16-32-64 channels, shortcut option "A"; `depth`
+counts the real layers for any number of stages (`widths`), so 4 stages take 8n+2. The
 registry holds the paper's depths 20-110 and 1202 (n = 200: 19,421,274 parameters, the 19.4M
 of Table 6).
 """
@@ -25,6 +26,20 @@ CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
 # and 16 groups of one channel each would be InstanceNorm. In their Table 3 (ResNet-50, ImageNet)
 # 8 groups give 24.4% top-1 error against 24.1% with 32, and one channel per group 28.3%.
 CIFAR_NORM_GROUPS = 8
+
+
+def cifar_blocks_per_stage(depth: int, stages: int) -> int:
+    """n of a CIFAR ResNet with `stages` stages of n basic blocks: depth = 2 * n * stages + 2
+    weighted layers (stem conv, two convs per block, fc). With the paper's three stages this is
+    6n + 2; `depth` always counts the real layers, so four stages give 8n + 2 (10, 18, 26, ...)."""
+    if stages < 1 or depth < 2 * stages + 2 or (depth - 2) % (2 * stages):
+        valid = [2 * n * stages + 2 for n in range(1, 5)] if stages >= 1 else []
+        examples = ", ".join(map(str, CIFAR_DEPTHS if stages == 3 else valid))
+        raise ValueError(
+            f"CifarResNet depth={depth} must be {2 * stages}n+2 with {stages} stage(s) "
+            f"(depth counts the stem conv, 2 convs per block and the fc; n blocks per stage): "
+            f"{examples}, ... Set --config.model.depth to one of them.")
+    return (depth - 2) // (2 * stages)
 
 
 class _ResidualNetBase(ModelBase):
@@ -84,10 +99,7 @@ class CifarResNet(_ResidualNetBase):
     def __call__(self, x, train: bool = False):
         norm = self.checked_norm(x, train)
         check_choice("shortcut", self.shortcut, SHORTCUTS)
-        if self.depth < 8 or (self.depth - 2) % 6:
-            raise ValueError(f"CifarResNet depth={self.depth} must be 6n+2 "
-                             f"({', '.join(map(str, CIFAR_DEPTHS))})")
-        n = (self.depth - 2) // 6
+        n = cifar_blocks_per_stage(self.depth, len(self.widths))
         act = activation(self.activation)
         conv = make_conv(self.dtype, use_bias=norm is None)
         x = x.astype(self.dtype)

@@ -87,14 +87,32 @@ def config_differences(stored: dict, current: dict, allowed: tuple[str, ...] = (
 
     A field present on one side only is a difference under `model.` (experiments set model
     fields explicitly) but not elsewhere: there it is a default added to (or removed from)
-    experiments/default.py since the run started, whose default keeps the old behaviour.
+    experiments/default.py since the run started, whose default keeps the old behaviour. A
+    model field on one side only that holds its model's default (as the launcher fills them,
+    see cnn_jax/model_config.py) equals its absence.
     """
     a, b = flatten_config(stored), flatten_config(current)
     absent = "<absent>"
     keys = sorted((set(a) & set(b)) | {k for k in set(a) ^ set(b) if k.startswith("model.")})
     skip = set(RESUME_SAFE_FIELDS) | set(allowed)
     return [(k, a.get(k, absent), b.get(k, absent)) for k in keys
-            if k not in skip and a.get(k, absent) != b.get(k, absent)]
+            if k not in skip and a.get(k, absent) != b.get(k, absent)
+            and ((k in a and k in b) or _differs_from_default(k, a if k in a else b))]
+
+
+def _differs_from_default(key: str, flat: dict) -> bool:
+    """Whether `flat[key]` (a model field) differs from its model's default."""
+    from cnn_jax.model_config import model_field_default
+    known, default = model_field_default(str(flat.get("model.name", "")), key[len("model."):],
+                                         str(flat.get("model.module", "") or ""))
+    return not known or _as_json(default) != _as_json(flat[key])
+
+
+def _as_json(value: Any) -> Any:
+    """Tuples, nested too, as lists (the form a stored JSON config has)."""
+    if isinstance(value, (list, tuple)):
+        return [_as_json(v) for v in value]
+    return value
 
 
 def data_differences(stored: dict | None, current: dict) -> list[tuple[str, Any, Any]]:

@@ -27,7 +27,7 @@ from cnn_jax.train import metrics as metrics_lib
 from cnn_jax.train import divergence, finetune, steps
 from cnn_jax.train.inference import evaluate, scores
 from cnn_jax.train.preemption import StopFlag, barrier
-from cnn_jax.train.setup import Setup, config_to_dict, configure_jax
+from cnn_jax.train.setup import Setup, config_to_dict, configure_jax, model_description
 from cnn_jax.train.state import TrainState, state_to_tree
 
 # Re-exported for callers that import them from here (tests, benchmarks). Each is looked up in
@@ -306,7 +306,7 @@ def _train_loop(setup: Setup, state: TrainState, start_step: int, workdir: str,
     on_device = _OnDeviceTrainer(setup) if config.data.get("on_device", False) else None
     batches = None if on_device else _train_batches(setup, start_step)
     progress = metrics_lib.Progress(total, start_step, enabled=is_writer)
-    print(f"Training {config.model.name} on {config.data.name} for {total} steps "
+    print(f"Training {model_description(config)} on {config.data.name} for {total} steps "
           f"({spe} steps/epoch, batch {config.batch_size}, {jax.device_count()} device(s), "
           f"{jax.process_count()} process(es), parallel={config.parallel}); workdir {workdir}",
           flush=True)

@@ -115,12 +115,23 @@ def input_shape(config: ml_collections.ConfigDict, info: Any) -> tuple[int, ...]
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
     """The model named by config.model.name with its fields (the registry validates them)."""
     from cnn_jax import models
-    fields = {k: v for k, v in config.model.to_dict().items() if k not in ("name", "bn_sync")}
+    from cnn_jax.model_config import MODULE_FIELD, NOT_MODEL_FIELDS
+    models.import_module(config.model.get(MODULE_FIELD, ""))  # the user's registered models
+    fields = {k: v for k, v in config.model.to_dict().items() if k not in NOT_MODEL_FIELDS}
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
     if config.parallel == "pmap" and config.model.get("bn_sync", True):
         fields["bn_axis_name"] = parallel.PMAP_AXIS
     return models.build(config.model.name, num_classes=num_classes,
                         dtype=DTYPES[config.dtype], **fields)
+
+
+def model_description(config: ml_collections.ConfigDict) -> str:
+    """The model's name plus its fields that differ from the registered variant, e.g.
+    "resnet20 (depth=26, widths=(16, 32, 64, 128))": the network that really trains."""
+    from cnn_jax import models
+    from cnn_jax.model_config import NOT_MODEL_FIELDS
+    return models.describe(config.model.name, {k: v for k, v in config.model.to_dict().items()
+                                               if k not in NOT_MODEL_FIELDS})
 
 
 class Setup:
