@@ -2128,6 +2128,118 @@ def scenario_hostile(c: Campaign, groups: Sequence[str] = ("config", "model", "d
 
 
 # ----------------------------------------------------------------------------------------------
+# Scenario 10: divergence that stays finite (issue 13 item 2).
+
+
+def scenario_divergence(c: Campaign) -> Row:
+    """SGD at a constant lr 30 on the tiny MLP, a checkpoint every step: the loss explodes
+    (finite) within a few steps. No checkpoint holding the diverged parameters may stay as the
+    "last good" one, and the advice (a lower lr with --force) must then finish the run."""
+    workdir = c.workdir("diverge")
+    args = ["--config.optim.lr=30", "--config.optim.schedule=constant",
+            "--config.checkpoint_every_steps=1", "--config.keep_checkpoints=3"]
+    code, out = c.train(workdir, *args)
+    last = _last_line(out)
+    kept = checkpoint_steps(workdir)
+    problems = []
+    bad = None
+    if code != 1 or not last.startswith("ERROR") or "divergence bound" not in last:
+        problems.append(f"not stopped by the divergence bound (exit {code}): {last[:200]!r}")
+    else:
+        bad = int(last.split(" at step ")[1].split()[0])
+        if any(s >= bad - 1 for s in kept):  # the loss at step b is that of the params of b-1
+            problems.append(f"checkpoints {kept} kept although step {bad} diverged")
+        good = f"Last good checkpoint: step {kept[-1]} " if kept else "Last good checkpoint: none"
+        if good not in last:
+            problems.append(f"the message does not name the good checkpoint ({kept}): {last!r}")
+        if bad > 2 and not (workdir / "checkpoints_diverged").is_dir():
+            problems.append("the diverged checkpoints were not kept aside")
+    code2, out2 = c.train(workdir, "--config.optim.schedule=constant",
+                          "--config.checkpoint_every_steps=1", "--config.keep_checkpoints=3",
+                          "--force", log_name="resume.log")
+    lost = code2 != 0 or not is_finished(workdir)
+    if lost:
+        problems.append(f"the advice (lower lr, --force) did not finish: exit {code2}, "
+                        f"{_last_line(out2)[:200]!r}")
+    elif kept and f"Resuming from checkpoint step {kept[-1]}" not in out2:
+        problems.append(f"the re-run did not resume from step {kept[-1]}")
+    ok = not problems
+    return Row(
+        scenario="10. Divergence that stays finite",
+        injected="SGD at a constant lr 30 on the tiny MLP (loss ~1e3 within 3 steps, no NaN), a "
+                 "checkpoint every step",
+        expected="stopped at the first step over the bound; no kept checkpoint holds diverged "
+                 "parameters (they are moved to checkpoints_diverged/); the message names the "
+                 "good one; a lower lr with --force resumes it and finishes",
+        observed=(f"exit {code}, diverged at step {bad}, checkpoints kept {kept}; re-run with "
+                  f"lr 0.05 --force: exit {code2}"
+                  + (f"; FAILED: {'; '.join(problems)}" if problems else "")),
+        passed=ok, faults=1, survived=int(ok), lost=int(lost))
+
+
+# ----------------------------------------------------------------------------------------------
+# Scenario 11: the file system says no (issue 13 item 3), simulated by tests/fs_faults.py.
+
+
+def _fs_launch(faults: dict | None, args: Sequence[str], timeout: float = 300
+               ) -> tuple[int | None, str]:
+    cmd = ([sys.executable, "-m", "tests.fs_faults", json.dumps(faults)] if faults
+           else [sys.executable, str(LAUNCH)])
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("CNN_JAX_TRACEBACK", None)
+    try:
+        p = subprocess.run([*cmd, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, "(timed out)"
+    return p.returncode, p.stdout + p.stderr
+
+
+def scenario_fs_refusals(c: Campaign) -> Row:
+    """Read-only workdir, a workdir that is a file, a 300-character path component, a full disk
+    at the start and while writing results.json: one ERROR line each, naming the path; after
+    the full disk, the same command (space back) writes the results."""
+    root = c.workdir("fs")
+    (root / "ro").mkdir()
+    (root / "afile").write_text("x")
+    full = root / "full_results"
+    cases = [
+        ("read-only workdir", {"read_only": [str(root / "ro")]}, root / "ro", str(root / "ro")),
+        ("workdir is a file", None, root / "afile", str(root / "afile")),
+        ("300-character path component", None, root / ("x" * 300) / "run", "File name too long"),
+        ("full disk at the start", {"enospc": ["config.json"]}, root / "full_start",
+         "config.json"),
+        ("full disk writing results.json", {"enospc": ["results.json"]}, full, "results.json"),
+    ]
+    failures, lost = [], 0
+    for name, faults, workdir, expect in cases:
+        code, out = _fs_launch(faults, [f"--config={TINY_CONFIG}", f"--workdir={workdir}"])
+        errors = [ln for ln in out.splitlines() if ln.startswith("ERROR:")]
+        if code != 1 or "Traceback" in out or len(errors) != 1 or expect not in errors[0]:
+            failures.append(f"{name}: exit {code}, {(errors or [_last_line(out)])[0][:200]!r}")
+        leftover = [p.name for p in root.rglob("*") if p.name.endswith(".tmp")]
+        if leftover:
+            failures.append(f"{name}: temporary files left: {leftover}")
+    code, out = _fs_launch(None, [f"--config={TINY_CONFIG}", f"--workdir={full}"])
+    if code != 0 or not is_finished(full):
+        lost = 1
+        failures.append(f"results.json not written by the re-run: exit {code}, "
+                        f"{_last_line(out)[:200]!r}")
+    ok = not failures
+    names = {name for name, *_ in cases}
+    return Row(
+        scenario="11. The file system says no",
+        injected="; ".join(name for name, *_ in cases) + " (permissions and ENOSPC simulated: "
+                 "tests/fs_faults.py)",
+        expected="one ERROR line naming the path and the fix, no traceback, no temporary file "
+                 "left; once space is back, the same command writes results.json",
+        observed=(f"{len(cases) - len({f.split(':')[0] for f in failures} & names)} of "
+                  f"{len(cases)} refusals one clear line; re-run after the full disk: exit {code}"
+                  + (f"; FAILED: {'; '.join(failures)}" if failures else "")),
+        passed=ok, faults=len(cases), survived=len(cases) if ok else 0, lost=lost)
+
+
+# ----------------------------------------------------------------------------------------------
 # The command line.
 
 SCENARIOS: dict[str, Callable[[Campaign], Row]] = {
@@ -2144,6 +2256,8 @@ SCENARIOS: dict[str, Callable[[Campaign], Row]] = {
     "7d": lambda c: scenario_hostile(c, ("cli",)),
     "8": scenario_config_change,
     "9": scenario_pickle,
+    "10": scenario_divergence,
+    "11": scenario_fs_refusals,
 }
 NOTES_MARKER = "<!-- notes: kept when this file is regenerated -->"
 
