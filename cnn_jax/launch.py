@@ -241,7 +241,8 @@ def run(mode: str) -> int:
         return sweep.main(FLAGS["config"].config_filename, FLAGS.workdir,
                           dry_run=FLAGS.sweep_dry_run, parallel=FLAGS.sweep_parallel,
                           overrides=config_overrides(sys.argv), executor=FLAGS.sweep_executor,
-                          slurm_flags=slurm_flags())
+                          slurm_flags=slurm_flags(),
+                          point_flags=sweep.point_flags(FLAGS, FLAGS.sweep_executor))
     if FLAGS.xla_cpu_flags:
         from cnn_jax.benchmark import apply_xla_flags
         apply_xla_flags(FLAGS.xla_cpu_flags)  # read by XLA when the backend starts

@@ -167,6 +167,11 @@ workdir, arg = flags["workdir"], flags["config"].partition(":")[2]
 os.makedirs(workdir, exist_ok=True)
 with open(os.path.join(workdir, "runs.txt"), "a") as f:
     f.write("run\\n")
+if "mode=early" in arg:  # killed by SIGTERM before it could install a handler (still starting)
+    import time
+    open(os.path.join(os.path.dirname(workdir), "ready"), "w").close()
+    time.sleep(120)
+    sys.exit(3)
 if "mode=slow" in arg:
     import signal, time
     def stop(signum, frame):
@@ -276,6 +281,37 @@ def test_launch_py_sweep_dry_run_prints_eight_commands(tmp_path):
     assert all("--config.seed=7" in ln and ":runlocal,depth=" in ln for ln in lines)
 
 
+def test_launcher_flags_reach_every_point_or_are_refused_in_one_line(tmp_path):
+    """--force, --extend and --xla_cpu_flags are passed on to every point's command (the dry
+    run prints the commands the sweep runs, locally or as SLURM jobs); flags that cannot apply
+    to a sweep are one ERROR line, not silently dropped."""
+    import subprocess
+
+    def launch(*flags):
+        return subprocess.run(
+            [sys.executable, "launch.py", "--config=tests/faults/tiny_config.py",
+             f"--workdir={tmp_path / 's'}", "--sweep_dry_run", *flags],
+            cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    out = launch("--force", "--xla_cpu_flags=--xla_cpu_use_thunk_runtime=false", "--extend")
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("python -m cnn_jax ")]
+    assert len(lines) == 2
+    for line in lines:
+        argv = shlex.split(line)
+        assert argv[-3:] == ["--force", "--extend",
+                             "--xla_cpu_flags=--xla_cpu_use_thunk_runtime=false"], argv
+    for flags, says in ((["--mode=eval"], "--mode cannot be used with --sweep"),
+                        (["--multihost"], "--multihost cannot be used with --sweep"),
+                        (["--images=a.png"], "--images cannot be used with --sweep"),
+                        (["--slurm_nodes=2"], "--slurm_nodes applies to --sweep_executor=slurm")):
+        out = launch(*flags)
+        lines = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.strip()
+                 and not ln.startswith("WARNING")]
+        assert out.returncode == 1 and len(lines) == 1, (flags, out.stdout, out.stderr)
+        assert lines[0].startswith("ERROR:") and says in lines[0]
+
+
 def test_point_values_reach_the_command_exactly():
     argv = sweep.point_command("exp.py:runlocal", "w", "p", {"lr": 0.123456789, "n": 3,
                                                              "config.optim.lr": 1e-7})
@@ -285,19 +321,25 @@ def test_point_values_reach_the_command_exactly():
         sweep.point_command("exp.py", "w", "p", {"names": "a,b"})
 
 
-def test_sigterm_reaches_the_running_point_and_starts_no_other(tmp_path, fake_launch):
-    """A scheduler preempting the sweep: the point checkpoints and stops; nothing new starts."""
+@pytest.mark.parametrize("sig, first", [("SIGTERM", "slow"), ("SIGINT", "slow"),
+                                        ("SIGTERM", "early")])
+def test_a_signal_to_the_sweep_reaches_the_running_point_and_starts_no_other(
+        tmp_path, fake_launch, capsys, sig, first):
+    """A scheduler preempting the sweep (SIGTERM) or a user's Ctrl-C (SIGINT): the driver passes
+    it on as SIGTERM, the point checkpoints and stops, nothing new starts, and the report marks
+    the point preempted. A point the signal kills while it starts up (`early`: no handler yet)
+    is preempted too, not failed."""
     import signal
     import threading
     import time
 
-    exp = _write_experiment(tmp_path, """
+    exp = _write_experiment(tmp_path, f"""
         import ml_collections
         from experiments.common import product
         def get_config(arg=None):
-            return ml_collections.ConfigDict({"seed": 0})
+            return ml_collections.ConfigDict({{"seed": 0}})
         def get_sweep():
-            return product(mode=["slow", "ok"])
+            return product(mode=["{first}", "ok"])
         """)
     workdir = tmp_path / "s"
 
@@ -305,18 +347,20 @@ def test_sigterm_reaches_the_running_point_and_starts_no_other(tmp_path, fake_la
         deadline = time.time() + 60
         while not (workdir / "ready").exists() and time.time() < deadline:
             time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGTERM)  # caught by the sweep's handler, passed on
+        os.kill(os.getpid(), getattr(signal, sig))  # caught by the sweep's handler, passed on
 
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     killer = threading.Thread(target=preempt)
     killer.start()
     rc = sweep.main(exp, str(workdir), dry_run=False, parallel=1, overrides=[])
     killer.join()
-    assert signal.getsignal(signal.SIGTERM) is previous  # handler restored
+    assert {s: signal.getsignal(s) for s in previous} == previous  # handlers restored
     assert rc == 1
-    status = json.loads((workdir / "mode-slow" / sweep.STATUS_FILE).read_text())
+    status = json.loads((workdir / f"mode-{first}" / sweep.STATUS_FILE).read_text())
     assert status["status"] == "preempted" and "resume" in status["error"]
     assert not (workdir / "mode-ok" / "runs.txt").exists()
     rows = {r["point"]: r for r in csv.DictReader(open(workdir / "summary.csv"))}
-    assert rows["mode-slow"]["status"] == "preempted" and rows["mode-ok"]["status"] == "pending"
-    assert "re-run the sweep to resume" in rows["mode-slow"]["error"]
+    assert rows[f"mode-{first}"]["status"] == "preempted" and rows["mode-ok"]["status"] == "pending"
+    assert "re-run the sweep to resume" in rows[f"mode-{first}"]["error"]
+    out = capsys.readouterr().out
+    assert f"[sweep] {sig}: running points were asked to checkpoint and stop" in out

@@ -96,7 +96,7 @@ def test_sbatch_script_of_a_multi_node_sweep(tmp_path, monkeypatch, capsys):
     exp = tmp_path / "exp.py"
     exp.write_text(textwrap.dedent(EXPERIMENT))
     waited = {}
-    monkeypatch.setattr(slurm, "wait", lambda jobs, root, echo: waited.update(jobs) or {})
+    monkeypatch.setattr(slurm, "wait", lambda jobs, root, echo, *rest: waited.update(jobs) or {})
     workdir = tmp_path / "sweep"
     rc = sweep.main(str(exp), str(workdir), parallel=2, executor="slurm",
                     slurm_flags={"gpus_per_node": 4, "time_min": None})  # a flag beats get_slurm
@@ -132,11 +132,11 @@ def test_sbatch_script_of_a_multi_node_sweep(tmp_path, monkeypatch, capsys):
 def test_dry_run_with_slurm_prints_the_plain_commands(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     rc = sweep.main(CONFIG, str(tmp_path / "s"), dry_run=True, executor="slurm",
-                    slurm_flags={"nodes": 2})
+                    slurm_flags={"nodes": 2}, point_flags=["--force", "--xla_cpu_flags="])
     lines = capsys.readouterr().out.splitlines()
     assert rc == 0 and len(lines) == 2
     assert all(ln.startswith("python -m cnn_jax --config=experiments/") and
-               ln.endswith("--multihost") for ln in lines)
+               ln.endswith("--force --xla_cpu_flags= --multihost") for ln in lines)
 
 
 def test_bad_slurm_settings_are_one_clear_error(tmp_path, monkeypatch):

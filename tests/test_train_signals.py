@@ -220,3 +220,34 @@ def test_a_second_ctrl_c_outside_a_save_stops_at_once_in_one_line():
         assert stop.signum == signal.SIGINT  # the first signal names the stop
     finally:
         stop.restore()
+
+
+def test_ctrl_c_to_a_sweep_driver_stops_its_running_point_and_writes_the_summary(env, tmp_path):
+    """SIGINT to the sweep driver alone (not its process group): the driver passes the stop on
+    to the point paused after its checkpoint 5, the point saves and stops, the next point is
+    not started, and the summary marks the point preempted; no traceback."""
+    exp = tmp_path / "exp" / "tiny_signals_sweep.py"
+    exp.parent.mkdir()
+    exp.write_text(EXPERIMENT + "\n\ndef get_sweep():\n    return [('alpha', {}), ('beta', {})]\n")
+    root = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        [sys.executable, "launch.py", f"--config={exp}", f"--workdir={root}", "--sweep"],
+        cwd=REPO, env=dict(env, **{PAUSE_ENV: f"5:{tmp_path}"}), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_until_paused(proc, tmp_path, 5)
+        proc.send_signal(signal.SIGINT)  # the driver only: it must pass the stop on
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "Traceback" not in out, out[-3000:]
+    assert proc.returncode == 1, out[-3000:]
+    assert "[sweep] alpha: PREEMPTED" in out
+    assert "[sweep] SIGINT: running points were asked to checkpoint and stop" in out
+    assert json.loads((root / "alpha" / "results.json").read_text())["step"] == 5
+    assert not (root / "beta" / "sweep_log.txt").exists()  # not started
+    import csv
+    rows = {r["point"]: r for r in csv.DictReader(open(root / "summary.csv"))}
+    assert rows["alpha"]["status"] == "preempted" and rows["beta"]["status"] == "pending"

@@ -149,13 +149,16 @@ def split_rows(run: Run, split: str) -> list[dict[str, Any]]:
 
 
 def run_status(run: Run) -> tuple[str, str]:
-    """(status, error line): finished, failed, incomplete (started, not finished), submitted (a
-    queued SLURM job) or pending."""
+    """(status, error line): finished, failed, preempted, still running (left running by a
+    killed sweep), incomplete (started, not finished), submitted (a queued SLURM job) or
+    pending."""
     if run.results and run.results.get("status") == "finished":
         return "finished", ""
     st = run.sweep_status or {}
     if st.get("status") == "failed":
         return "failed", str(st.get("error", ""))
+    if st.get("status") in ("preempted", "still running") and not run.results:
+        return str(st["status"]), str(st.get("error", ""))  # stopped before it could checkpoint
     if run.results and run.results.get("status"):
         return str(run.results["status"]), str(run.results.get("error") or st.get("error", ""))
     if st.get("status") == "submitted" and not run.metrics:

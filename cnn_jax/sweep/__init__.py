@@ -10,8 +10,9 @@ cnn_jax/rundir.py.
 from cnn_jax.rundir import LOG_FILE, STATUS_FILE, SWEEP_FILE, is_finished, point_name
 from cnn_jax.sweep.execute import EXECUTORS, main
 from cnn_jax.sweep.point import error_line
-from cnn_jax.sweep.plan import check_points, get_points, load_experiment, point_command, preflight
+from cnn_jax.sweep.plan import (check_points, get_points, load_experiment, point_command,
+                                point_flags, preflight)
 
 __all__ = ["EXECUTORS", "LOG_FILE", "STATUS_FILE", "SWEEP_FILE", "check_points", "error_line",
-           "get_points", "is_finished", "load_experiment", "main", "point_command", "point_name",
-           "preflight"]
+           "get_points", "is_finished", "load_experiment", "main", "point_command", "point_flags",
+           "point_name", "preflight"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import platform
-import signal
 import subprocess
 import threading
 import time
@@ -44,37 +43,34 @@ def machine_description() -> str:
 
 
 def run_local(todo: Sequence[str], commands: dict[str, list[str]], root: Path, parallel: int,
-              env: dict[str, str], echo: Callable[[str], None]) -> tuple[dict[str, dict], bool]:
-    """Runs the points as child processes, `parallel` at a time; SIGTERM reaches them all."""
+              env: dict[str, str], echo: Callable[[str], None],
+              children: Children | None = None) -> tuple[dict[str, dict], bool]:
+    """Runs the points as child processes, `parallel` at a time; `children.terminate` (the
+    sweep's SIGTERM/SIGINT handler, see `main`) stops them all and starts no other."""
     statuses: dict[str, dict] = {}
-    children = Children()
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, children.terminate) if in_main_thread else None
+    children = children or Children()
 
     def one(name: str) -> dict:
         status = run_point([*launcher(), *commands[name]], root / name, env, children)
         echo_status(echo, name, status, root / name)
         return status
 
-    try:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-            futures = {pool.submit(one, name): name for name in todo}
-            for future in concurrent.futures.as_completed(futures):
-                statuses[futures[future]] = future.result()
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
-    if children.stopping:
-        echo("SIGTERM: running points were asked to checkpoint and stop; points not started "
-             "were left out. Re-run the same command to continue.")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = {pool.submit(one, name): name for name in todo}
+        for future in concurrent.futures.as_completed(futures):
+            statuses[futures[future]] = future.result()
     return statuses, children.stopping
 
 
 @workdir_lock.locked("sweep", check_only_arg="dry_run")  # one sweep per DIR (a dry run: checked)
 def main(config_arg: str, workdir: str, *, dry_run: bool = False, parallel: int = 1,
          overrides: Sequence[str] = (), executor: str = "local",
-         slurm_flags: dict[str, Any] | None = None, submitit_cluster: str = "slurm") -> int:
+         slurm_flags: dict[str, Any] | None = None, submitit_cluster: str = "slurm",
+         point_flags: Sequence[str] = ()) -> int:
     """Runs (or with dry_run prints) every point of a sweep file; returns 0 when all finished.
+
+    overrides: --config.* flags, and point_flags: other launcher flags (plan.point_flags: --force,
+    --xla_cpu_flags, ...), both added to every point's command (printed by a dry run too).
 
     executor: "local" (child processes) or "slurm" (one submitit job per point; its resources
     from the experiment's get_slurm(arg) and `slurm_flags`). `submitit_cluster="local"` runs the
@@ -90,7 +86,8 @@ def main(config_arg: str, workdir: str, *, dry_run: bool = False, parallel: int 
         if not flag.startswith(("--config.", "--noconfig.")):
             raise ValueError(f"sweep override {flag!r}: only --config.FIELD=VALUE flags are passed on")
     points = plan_lib.get_points(config_arg)
-    commands = {name: plan_lib.point_command(config_arg, workdir, name, ov, overrides)
+    commands = {name: [*plan_lib.point_command(config_arg, workdir, name, ov, overrides),
+                       *point_flags]
                 for name, ov in points}  # validates every point before anything runs
     plan_lib.preflight(config_arg, points, overrides, check_data=not dry_run)
     slurm_settings = None
@@ -104,7 +101,8 @@ def main(config_arg: str, workdir: str, *, dry_run: bool = False, parallel: int 
             commands = {n: [*c, "--multihost"] for n, c in commands.items()}
     root = Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
-    plan = {"config": config_arg, "overrides": list(overrides), "executor": executor,
+    plan = {"config": config_arg, "overrides": list(overrides), "flags": list(point_flags),
+            "executor": executor,
             "points": [{"name": name, "axes": ov, "command": display_command(commands[name])}
                        for name, ov in points]}
     if slurm_settings:
@@ -118,6 +116,19 @@ def main(config_arg: str, workdir: str, *, dry_run: bool = False, parallel: int 
             print(display_command(commands[name]))
         return 0
 
+    children = Children()  # SIGTERM or Ctrl-C from here on stops the sweep, with its report
+    previous_handlers = children.install()
+    try:
+        return _run(points, commands, root, plan, config_arg, parallel, executor,
+                    slurm_settings, submitit_cluster, children)
+    finally:
+        Children.restore(previous_handlers)
+
+
+def _run(points, commands: dict[str, list[str]], root: Path, plan: dict, config_arg: str,
+         parallel: int, executor: str, slurm_settings: dict | None, submitit_cluster: str,
+         children: Children) -> int:
+    """Runs the points that are not finished, then writes the report; 0 when all finished."""
     lock = threading.Lock()
 
     def echo(msg: str) -> None:
@@ -136,10 +147,17 @@ def main(config_arg: str, workdir: str, *, dry_run: bool = False, parallel: int 
     started = time.time()
     env = point_env(config_arg)
     if executor == "local":
-        statuses, stopping = run_local(todo, commands, root, parallel, env, echo)
+        statuses, stopping = run_local(todo, commands, root, parallel, env, echo, children)
     else:
+        from cnn_jax.sweep import slurm
+
         statuses, stopping = slurm.run_jobs(todo, commands, root, parallel, config_arg,
-                                            slurm_settings, echo, cluster=submitit_cluster)
+                                            slurm_settings, echo, cluster=submitit_cluster,
+                                            children=children)
+    if stopping or children.stopping:
+        stopping = True
+        echo(f"{children.signal_name}: running points were asked to checkpoint and stop; "
+             f"points not started were left out. Re-run the same command to continue.")
     if todo:
         plan["last_run"] = {
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),

@@ -172,6 +172,35 @@ def preflight(config_arg: str, points: Sequence[Point], overrides: Sequence[str]
                 f"sweep point {name!r}: data.path {data_path!r} does not exist. {hint}")
 
 
+# Launcher flags other than --config.*: those a sweep passes on to every point's command (they
+# mean there what they mean for one run), and those that cannot apply to a sweep (refused).
+PASSED_ON = ("force", "extend", "xla_cpu_flags")
+NOT_FOR_SWEEPS = {
+    "mode": "a sweep trains its points; evaluate or predict with one point's directory: "
+            "--mode=eval --workdir=DIR/POINT",
+    "images": "--images is for --mode=predict on one point's directory",
+    "multihost": "the points of a sweep are single-host runs here; multi-node points run "
+                 "through --sweep_executor=slurm --slurm_nodes=N",
+    "coordinator_address": "see --multihost", "num_processes": "see --multihost",
+    "process_id": "see --multihost",
+}
+SLURM_ONLY = ("slurm_partition", "slurm_nodes", "slurm_gpus_per_node", "slurm_cpus_per_task",
+              "slurm_time_min", "slurm_sbatch")
+
+
+def point_flags(flag_values: Any, executor: str = "local") -> list[str]:
+    """The launcher flags given on the command line that every point's command gets (PASSED_ON,
+    as given); a flag that cannot apply to a sweep is refused with one ValueError line."""
+    given = [name for name in flag_values if flag_values[name].present]
+    for name in given:
+        if name in NOT_FOR_SWEEPS and flag_values[name].value != flag_values[name].default:
+            raise ValueError(f"--{name} cannot be used with --sweep: {NOT_FOR_SWEEPS[name]}.")
+        if name in SLURM_ONLY and executor != "slurm":
+            raise ValueError(f"--{name} applies to --sweep_executor=slurm only; drop it, or "
+                             f"add --sweep_executor=slurm.")
+    return [flag_values[name].serialize() for name in PASSED_ON if name in given]
+
+
 def launcher() -> list[str]:
     """The interpreter command that starts a point (followed by its flags)."""
     return [sys.executable, *ENTRY_POINT]

@@ -37,13 +37,15 @@ def error_line(text: str, returncode: int | None = None) -> str:
 
 
 class Children:
-    """The points' running processes, so that a SIGTERM to the sweep (a scheduler preempting
-    it) reaches them (they checkpoint and stop) and no further point starts."""
+    """The points' running processes, so that a SIGTERM or Ctrl-C to the sweep (a scheduler
+    preempting it, a user stopping it) reaches them (they checkpoint and stop; the driver passes
+    the request on as SIGTERM) and no further point starts."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.procs: set[subprocess.Popen] = set()
         self.stopping = False
+        self.signal_name = "SIGTERM"  # what stopped the sweep, for its messages
 
     def start(self, argv: list[str], **kwargs) -> subprocess.Popen | None:
         with self.lock:
@@ -60,11 +62,40 @@ class Children:
         return returncode
 
     def terminate(self, signum=None, frame=None) -> None:
+        """Stops the sweep: no point starts any more, the running ones get SIGTERM (also a
+        signal handler: SIGINT, a Ctrl-C, is passed on as SIGTERM, which the point's own
+        handler takes as a request to checkpoint and stop)."""
         with self.lock:
+            if not self.stopping and signum is not None:
+                self.signal_name = signal.Signals(signum).name
             self.stopping = True
             procs = list(self.procs)
         for proc in procs:
-            proc.send_signal(signal.SIGTERM)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    def install(self) -> dict:
+        """Makes SIGTERM and SIGINT stop the sweep (in the main thread; elsewhere a no-op);
+        returns the previous handlers for `restore`."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {sig: signal.signal(sig, self.terminate) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    @staticmethod
+    def restore(previous: dict) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+_STOPPED_EARLY = (-signal.SIGTERM, -signal.SIGINT)  # killed by the signal before its handler
+
+
+def _stopped_by_sweep(children: Children, returncode: int, line: str) -> bool:
+    """True when a point that failed did so because the sweep stopped it: it died of the
+    signal before it could take it as a stop request (still starting up), or a second Ctrl-C
+    ended it at once."""
+    return children.stopping and (returncode in _STOPPED_EARLY or "KeyboardInterrupt" in line
+                                  or "second Ctrl-C" in line)
 
 
 def run_point(argv: list[str], run_dir: Path, env: dict[str, str] | None,
@@ -105,8 +136,12 @@ def run_point(argv: list[str], run_dir: Path, env: dict[str, str] | None,
         if returncode == 0:
             line = (f"run ended with status {ended!r}; re-run the sweep to resume it" if ended
                     else f"exited 0 without a finished results.json (last line: {line})")
-        status = {"status": ended if returncode == 0 and ended else "failed",
-                  "returncode": returncode, "error": line,
+        state = ended if returncode == 0 and ended else "failed"
+        if state == "failed" and _stopped_by_sweep(children, returncode, line):
+            state, line = "preempted", (f"stopped by the sweep's {children.signal_name} before "
+                                        f"it could checkpoint ({line}); re-run the sweep to "
+                                        f"resume it")
+        status = {"status": state, "returncode": returncode, "error": line,
                   "wall_time_s": wall, "command": shlex.join(argv), "log": str(log_path)}
     rundir.write_json(run_dir / rundir.STATUS_FILE, status)
     return status

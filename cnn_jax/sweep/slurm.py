@@ -213,10 +213,34 @@ def submit(todo: Sequence[str], commands: dict[str, list[str]], root: Path, para
     return out
 
 
-def wait(jobs: dict[str, Any], root: Path, echo: Callable[[str], None]) -> dict[str, dict]:
+def _stop_jobs(jobs: dict[str, Any], cluster: str, echo: Callable[[str], None]) -> None:
+    """The sweep was stopped (SIGTERM, Ctrl-C): each unfinished job's point is sent SIGTERM
+    through `scancel --signal=TERM` (it checkpoints and stops; the job then ends with the point
+    preempted). submitit's own cancel would kill the job outright."""
+    ids = [str(job.job_id) for job in jobs.values() if not job.done()]
+    if not ids:
+        return
+    if cluster == "slurm":
+        subprocess.run(["scancel", "--signal=TERM", *ids], check=False)
+        echo(f"sent SIGTERM to job(s) {', '.join(ids)}: their points checkpoint and stop")
+    else:  # submitit's local cluster (tests): the job process takes SIGINT as a stop
+        for job in jobs.values():
+            if not job.done():
+                job.cancel(check=False)
+
+
+def wait(jobs: dict[str, Any], root: Path, echo: Callable[[str], None],
+         children: Children | None = None, cluster: str = "slurm") -> dict[str, dict]:
     """Waits for every job; a job that died without recording its end (killed by SLURM, a node
-    failure) is recorded as failed with submitit's reason."""
+    failure) is recorded as failed with submitit's reason. When `children.stopping` turns true
+    (the sweep's SIGTERM/SIGINT handler) the unfinished jobs are asked to stop (`_stop_jobs`)."""
     statuses: dict[str, dict] = {}
+    stopped = False
+    while children is not None and not all(job.done() for job in jobs.values()):
+        if children.stopping and not stopped:
+            _stop_jobs(jobs, cluster, echo)
+            stopped = True
+        time.sleep(0.5)
     for name, job in jobs.items():
         try:
             status = job.result()
@@ -235,11 +259,14 @@ def wait(jobs: dict[str, Any], root: Path, echo: Callable[[str], None]) -> dict[
 
 def run_jobs(todo: Sequence[str], commands: dict[str, list[str]], root: Path, parallel: int,
              config_arg: str, s: dict[str, Any], echo: Callable[[str], None],
-             cluster: str = "slurm") -> tuple[dict[str, dict], bool]:
-    """Submits one job per point, then waits for them all (see `wait`)."""
-    if not todo:
-        return {}, False
+             cluster: str = "slurm", children: Children | None = None
+             ) -> tuple[dict[str, dict], bool]:
+    """Submits one job per point, then waits for them all (see `wait`); a SIGTERM/SIGINT to the
+    sweep (`children.stopping`) before the submission submits nothing."""
+    if not todo or (children is not None and children.stopping):
+        return {}, bool(children is not None and children.stopping)
     jobs = submit(todo, commands, root, parallel, config_arg, s, cluster=cluster)
     echo(f"submitted {len(jobs)} job(s): " + ", ".join(f"{n}={j.job_id}" for n, j in jobs.items())
          + f"; submitit files in {root / SUBMITIT_DIR}")
-    return wait(jobs, root, echo), False
+    statuses = wait(jobs, root, echo, children, cluster)
+    return statuses, bool(children is not None and children.stopping)
