@@ -364,3 +364,34 @@ def test_a_signal_to_the_sweep_reaches_the_running_point_and_starts_no_other(
     assert "re-run the sweep to resume" in rows[f"mode-{first}"]["error"]
     out = capsys.readouterr().out
     assert f"[sweep] {sig}: running points were asked to checkpoint and stop" in out
+
+
+def test_rerunning_a_finished_sweep_with_another_config_is_refused(tmp_path, monkeypatch, capsys):
+    """A finished point is skipped by a re-run; with other --config overrides (or experiment
+    args) that change its config it would be reported under the new args: refused, in one line
+    naming the point, the field and the fix. Args that leave its config as it was (a narrower
+    points= list, a logging cadence) re-run as before; --force keeps the old results."""
+    from cnn_jax.train.setup import config_to_dict
+    from tests.faults import tiny_config
+
+    monkeypatch.chdir(REPO)
+    root = tmp_path / "s"
+    alpha = root / "alpha"
+    alpha.mkdir(parents=True)  # a finished point, as the engine leaves it
+    (alpha / "config.json").write_text(json.dumps(config_to_dict(tiny_config.get_config(
+        "crash=False"))))
+    results = {"status": "finished", "step": 24}
+    (alpha / "results.json").write_text(json.dumps(results))
+    config = "tests/faults/tiny_config.py:points=alpha"
+    with pytest.raises(ValueError) as refused:
+        sweep.main(config, str(root), overrides=["--config.optim.lr=0.01"])
+    line = str(refused.value)
+    assert "\n" not in line and "alpha (optim.lr: 0.05 -> 0.01)" in line
+    assert "new --workdir" in line and "--force" in line
+    assert not (root / sweep.SWEEP_FILE).exists()  # nothing written: the plan is not replaced
+    assert sweep.main(config, str(root), overrides=["--config.log_every_steps=2"]) == 0
+    assert "alpha: already finished, skipped" in capsys.readouterr().out
+    assert sweep.main(config, str(root), overrides=["--config.optim.lr=0.01"],
+                      point_flags=["--force"]) == 0
+    assert "WARNING: --force: finished point(s)" in capsys.readouterr().out
+    assert json.loads((alpha / "results.json").read_text()) == results

@@ -62,6 +62,33 @@ def run_local(todo: Sequence[str], commands: dict[str, list[str]], root: Path, p
     return statuses, children.stopping
 
 
+def check_finished_points(root: Path, points, commands: dict[str, list[str]],
+                          point_flags: Sequence[str]) -> None:
+    """Refuses (one ValueError line) to re-run a sweep whose finished points trained another
+    config than this command's (other experiment args or --config overrides): they would be
+    skipped as finished and reported under the new args. `--force` keeps them as they are (a
+    warning); `--extend` lets a longer run length through (those points then run on)."""
+    force, extend = "--force" in point_flags, "--extend" in point_flags
+    changed = {}
+    for name, _ in points:
+        if rundir.is_finished(root / name):
+            diffs = plan_lib.finished_config_changes(root / name, commands[name], extend)
+            if diffs:
+                changed[name] = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs[:4]) + (
+                    f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+    if not changed:
+        return
+    listing = "; ".join(f"{name} ({what})" for name, what in changed.items())
+    if force:
+        print(f"WARNING: --force: finished point(s) trained with another config are kept as "
+              f"they are and reported under this sweep's args: {listing}", flush=True)
+        return
+    raise ValueError(
+        f"{root} holds finished point(s) trained with another config than this command's: "
+        f"{listing}. Refusing to report them under the new args: give the new args a new "
+        f"--workdir, or pass --force to keep those results as they are.")
+
+
 @workdir_lock.locked("sweep", check_only_arg="dry_run")  # one sweep per DIR (a dry run: checked)
 def main(config_arg: str, workdir: str, *, dry_run: bool = False, parallel: int = 1,
          overrides: Sequence[str] = (), executor: str = "local",
@@ -100,6 +127,8 @@ def main(config_arg: str, workdir: str, *, dry_run: bool = False, parallel: int 
         if slurm_settings["nodes"] > 1:
             commands = {n: [*c, "--multihost"] for n, c in commands.items()}
     root = Path(workdir)
+    if not dry_run:
+        check_finished_points(root, points, commands, point_flags)
     root.mkdir(parents=True, exist_ok=True)
     plan = {"config": config_arg, "overrides": list(overrides), "flags": list(point_flags),
             "executor": executor,

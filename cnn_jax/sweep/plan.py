@@ -201,6 +201,42 @@ def point_flags(flag_values: Any, executor: str = "local") -> list[str]:
     return [flag_values[name].serialize() for name in PASSED_ON if name in given]
 
 
+def point_config(flags: Sequence[str]) -> dict:
+    """The config a point's command trains (its --config and --config.* flags, parsed by
+    ml_collections as the launcher parses them), as plain JSON types (like its config.json)."""
+    import json
+
+    from absl import flags as absl_flags
+    from ml_collections import config_flags
+
+    argv = ["sweep", *[f for f in flags if f.startswith(("--config", "--noconfig"))]]
+    values = absl_flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "the point's config", flag_values=values,
+                                    lock_config=True, sys_argv=argv)
+    values(argv)
+    return json.loads(values.config.to_json_best_effort())
+
+
+def finished_config_changes(run_dir: Path, flags: Sequence[str], extend: bool = False
+                            ) -> list[tuple[str, Any, Any]]:
+    """(field, stored, new) where the finished run in `run_dir` (its config.json) differs from
+    what the point's command `flags` would train, outside the fields a resume may change
+    (checkpoint.RESUME_SAFE_FIELDS; with `extend` also the run length). Fields on one side only
+    (defaults added since the run) are not compared."""
+    import json
+
+    from cnn_jax.train import checkpoint
+
+    try:
+        stored = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return []  # nothing to compare (a run from before config.json): as a single run
+    new = point_config(flags)
+    a, b = checkpoint.flatten_config(stored), checkpoint.flatten_config(new)
+    skip = set(checkpoint.RESUME_SAFE_FIELDS) | (set(checkpoint.EXTEND_FIELDS) if extend else set())
+    return [(k, a[k], b[k]) for k in sorted(set(a) & set(b)) if k not in skip and a[k] != b[k]]
+
+
 def launcher() -> list[str]:
     """The interpreter command that starts a point (followed by its flags)."""
     return [sys.executable, *ENTRY_POINT]
