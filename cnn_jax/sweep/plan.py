@@ -231,7 +231,10 @@ def finished_config_changes(run_dir: Path, flags: Sequence[str], extend: bool = 
         stored = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
         return []  # nothing to compare (a run from before config.json): as a single run
-    new = point_config(flags)
+    try:
+        new = point_config(flags)
+    except Exception:  # noqa: BLE001 - e.g. a model field the launcher fills in (model_config):
+        return []      # not comparable here; the point's own run still checks its config
     a, b = checkpoint.flatten_config(stored), checkpoint.flatten_config(new)
     skip = set(checkpoint.RESUME_SAFE_FIELDS) | (set(checkpoint.EXTEND_FIELDS) if extend else set())
     return [(k, a[k], b[k]) for k in sorted(set(a) & set(b)) if k not in skip and a[k] != b[k]]
