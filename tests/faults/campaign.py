@@ -1053,6 +1053,67 @@ def scenario_sweep_sigterm(c: Campaign) -> Row:
 
 
 # ----------------------------------------------------------------------------------------------
+# Scenario 12: two writers on one directory (two runs on one workdir, two sweeps on one DIR).
+
+
+def _second_while_first_is_frozen(c: Campaign, args: list[str], directory: Path, log: Path
+                                  ) -> tuple[int | None, str, int | None, str]:
+    """Starts `args`, waits until it holds `directory`'s lock, freezes it (SIGSTOP), runs the
+    same command a second time, thaws the first and lets it end: (second's status and output,
+    first's status and output)."""
+    from cnn_jax import workdir_lock
+
+    first = c.launcher.start(args, log.with_suffix(".first.log"))
+    deadline = time.time() + 300
+    while time.time() < deadline and first.poll() is None:
+        holder = workdir_lock.live_holder(directory)
+        if holder and holder.get("pid") == first.pid:
+            break
+        time.sleep(0.05)
+    first.signal(signal.SIGSTOP)
+    try:
+        code2, out2 = c.launcher.run(args, log.with_suffix(".second.log"), timeout=300)
+    finally:
+        first.signal(signal.SIGCONT)
+    code1 = first.wait(600)
+    return code2, out2, code1, first.text()
+
+
+def scenario_concurrency(c: Campaign) -> Row:
+    """The same run twice on one workdir, the same sweep twice on one directory, the second
+    started while the first holds the directory: refused at once, the first's results intact."""
+    reference = c.reference()
+    problems, lost, seen = [], 0, []
+    run_dir = c.workdir("two_runs")
+    sweep_dir = c.workdir("two_sweeps")
+    for directory, args, result_dir in (
+            (run_dir, c.tiny_args(run_dir), run_dir),
+            (sweep_dir, _sweep_args(sweep_dir, points="alpha"), sweep_dir / "alpha")):
+        code2, out2, code1, out1 = _second_while_first_is_frozen(
+            c, args, directory, directory.parent / directory.name)
+        errors = [ln for ln in out2.splitlines() if ln.startswith("ERROR:")]
+        if code2 != 1 or len(errors) != 1 or "in use by a live" not in errors[0]:
+            problems.append(f"{directory.name}: second exit {code2}, {errors or _last_line(out2)}")
+        diff = (compare_to_reference(result_dir, reference) if is_finished(result_dir) else
+                f"not finished (exit {code1}: {_last_line(out1)})")
+        if diff:
+            problems.append(f"{directory.name}: first run {diff}")
+            lost += 1
+        seen.append(f"{directory.name}: second exit {code2} ({(errors or [''])[0][:90]}), first "
+                    f"exit {code1}{', bitwise equal to the uninterrupted run' if not diff else ''}")
+    ok = not problems
+    return Row(
+        scenario="12. Two writers on one directory",
+        injected="the tiny run started twice on one workdir, and the one-point sweep twice on "
+                 "one directory, the second while the first holds the lock (the first frozen "
+                 "with SIGSTOP meanwhile)",
+        expected="the second is refused at once with one ERROR line naming the live holder; the "
+                 "first finishes, bitwise equal to the uninterrupted run",
+        observed="; ".join(seen) + ("" if ok else f"; FAILED: {'; '.join(problems)}"),
+        passed=ok, faults=2, survived=2 if ok else 0, lost=lost)
+
+
+# ----------------------------------------------------------------------------------------------
 # In-process helpers: the tiny config as an object, a run with captured output.
 
 
@@ -2258,6 +2319,7 @@ SCENARIOS: dict[str, Callable[[Campaign], Row]] = {
     "9": scenario_pickle,
     "10": scenario_divergence,
     "11": scenario_fs_refusals,
+    "12": scenario_concurrency,
 }
 NOTES_MARKER = "<!-- notes: kept when this file is regenerated -->"
 
