@@ -163,7 +163,7 @@ def test_error_line_picks_the_exception_line():
 FAKE_LAUNCH = """
 import json, os, sys
 flags = dict(a[2:].split("=", 1) for a in sys.argv[1:])
-workdir, arg = flags["workdir"], flags["config"].partition(":")[2]
+workdir, arg = os.path.expanduser(flags["workdir"]), flags["config"].partition(":")[2]
 os.makedirs(workdir, exist_ok=True)
 with open(os.path.join(workdir, "runs.txt"), "a") as f:
     f.write("run\\n")
@@ -245,6 +245,31 @@ def test_failed_point_is_recorded_and_the_sweep_goes_on(tmp_path, fake_launch):
     runs = {p: (workdir / p / "runs.txt").read_text().count("run")
             for p in ("mode-ok", "mode-fail", "mode-fine")}
     assert runs == {"mode-ok": 1, "mode-fail": 2, "mode-fine": 1}
+
+
+def test_a_workdir_under_home_is_one_directory_for_the_driver_and_its_points(
+        tmp_path, fake_launch, monkeypatch):
+    # `--workdir=~/runs/s` reaches the launcher unexpanded (no shell expands `~` after `=`). The
+    # points expanded it and the driver did not: it wrote its status files under ./~/runs/s and
+    # called every finished point "exited 0 without a finished results.json".
+    exp = _write_experiment(tmp_path, """
+        import ml_collections
+        from experiments.common import parse_arg, product
+        def get_config(arg=None):
+            return ml_collections.ConfigDict({"seed": 0})
+        def get_sweep(arg=None):
+            return product(mode=["ok", "fine"])
+        """)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert sweep.main(exp, "~/runs/s", dry_run=False, parallel=1, overrides=[]) == 0
+    root = tmp_path / "home" / "runs" / "s"
+    for point in ("mode-ok", "mode-fine"):
+        assert sweep.is_finished(root / point)
+        assert json.loads((root / point / sweep.STATUS_FILE).read_text())["status"] == "finished"
+    assert (root / sweep.SWEEP_FILE).is_file() and (root / "summary.md").is_file()
+    assert not (tmp_path / "cwd" / "~").exists()
 
 
 def test_dry_run_commands_run_as_printed(tmp_path, fake_launch, capsys):

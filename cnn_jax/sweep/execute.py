@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from cnn_jax import rundir, workdir_lock
+from cnn_jax import files, rundir, workdir_lock
 from cnn_jax.sweep import plan as plan_lib
 from cnn_jax.sweep.plan import display_command, launcher, point_env
 from cnn_jax.sweep.point import Children, echo_status, run_point
@@ -126,7 +126,7 @@ def main(config_arg: str, workdir: str, *, dry_run: bool = False, parallel: int 
             slurm.check_cluster(submitit_cluster)
         if slurm_settings["nodes"] > 1:
             commands = {n: [*c, "--multihost"] for n, c in commands.items()}
-    root = Path(workdir)
+    root = Path(files.user_path(workdir))  # as the points and the lock read it: `~` expanded
     if not dry_run:
         check_finished_points(root, points, commands, point_flags)
     root.mkdir(parents=True, exist_ok=True)
