@@ -137,6 +137,23 @@ def test_run_tensorboard_has_scalars_and_the_config(run):
     assert hp["data.synthetic_num_classes"] == CLASSES
 
 
+def test_the_report_draws_the_confusion_matrix(run, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    workdir, _, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("checkpoints*", "tensorboard"))
+    (copy / "confusion_matrix.png").unlink(missing_ok=True)
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "cnn_jax.report", str(copy)], cwd=repo,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert str(copy / "confusion_matrix.png") in done.stdout.split()
+    assert (copy / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_confusion_png_from_a_run_directory(run, tmp_path, capsys):
     workdir, _, _ = run
     out = report_confusion.plot_confusion(str(workdir))

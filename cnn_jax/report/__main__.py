@@ -1,4 +1,9 @@
-"""`python -m cnn_jax.report DIR [--filters] [--feature_maps IMG] [--group_by AXIS]`."""
+"""`python -m cnn_jax.report DIR [--filters] [--feature_maps IMG] [--group_by AXIS]`.
+
+Besides the tables and curves, every run that has a confusion matrix (its `eval_metrics.json`,
+else the final evaluation in `results.json`) gets `confusion_matrix.png` in its directory
+(cnn_jax/report_confusion.py; `--noconfusion` skips them).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from cnn_jax import report_confusion
 from cnn_jax.report import find_runs, plot_feature_maps, plot_filters, write_report
 
 
@@ -20,6 +26,8 @@ def cli() -> None:
     flags.DEFINE_string("group_by", None, "Axis that splits the curves into one figure per "
                         "value (default: a bool axis such as residual, else the smallest "
                         "categorical one).")
+    flags.DEFINE_bool("confusion", True, "Draw each run's confusion matrix "
+                      "(confusion_matrix.png in the run directory) when it has one.")
     flags.DEFINE_integer("num_layers", 4, "--feature_maps: how many of the first layers to draw.")
     flags.DEFINE_integer("max_maps", 16, "--feature_maps: channels drawn per layer.")
     FLAGS = flags.FLAGS  # noqa: N806 (absl's convention)
@@ -42,6 +50,12 @@ def cli() -> None:
 
 def _cli_report(directory: str, FLAGS) -> list[Path]:  # noqa: N803
     written = write_report(directory, group_by=FLAGS.group_by)
+    if FLAGS.confusion:
+        for run in find_runs(directory):
+            try:
+                written.append(Path(report_confusion.plot_confusion(str(run.path))))
+            except FileNotFoundError:
+                pass  # unfinished or failed, or written before confusion matrices existed
     if FLAGS.filters or FLAGS.feature_maps:
         runs = find_runs(directory)
         for run in runs:
