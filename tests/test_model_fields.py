@@ -191,6 +191,10 @@ def test_cifar_resnet_depth_counts_the_real_layers():
 def test_a_model_registered_in_a_user_module(tmp_path, monkeypatch):
     (tmp_path / "my_models_t14.py").write_text(USER_MODULE.format(name="tiny_user_t14"))
     monkeypatch.syspath_prepend(str(tmp_path))
+    from cnn_jax.models import registry
+    # The user's entry lives in the process-wide registry: leave it as it was for later tests.
+    monkeypatch.setattr(registry, "MODELS", dict(registry.MODELS))
+    monkeypatch.delitem(sys.modules, "my_models_t14", raising=False)
     config = tiny_run.config()
     config.model = type(config.model)({"name": "tiny_user_t14", "module": "my_models_t14"})
     assert {"width", "gain", "norm", "bn_momentum"} <= set(fill_model_fields(config))
