@@ -155,7 +155,8 @@ def test_missing_idx_label_file_is_named(tmp_path):
                                          cache_dir=str(tmp_path / "cache"), download=False))
     source = sources.resolve_source(cfg)
     assert source.num_examples("train") == 20
-    with pytest.raises(FileNotFoundError, match=r"t10k-labels-idx1-ubyte\[\.gz\] not found"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"t10k-labels-idx1-ubyte\[\.gz\] of split 'test' not found"):
         source.load("test")  # was: "split 'test' does not exist"
     # The training labels missing: named too (not "holds neither the IDX files nor a tree").
     (d / "train-labels-idx1-ubyte.gz").unlink()

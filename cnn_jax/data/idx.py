@@ -114,7 +114,9 @@ def read_split(directory: str | os.PathLike, split: str, num_classes: int,
     image_path, label_path = find_file(directory, image_stem), find_file(directory, label_stem)
     if image_path is None or label_path is None:
         missing = image_stem if image_path is None else label_stem
-        raise FileNotFoundError(f"IDX file {missing}[.gz] not found in {directory}.")
+        raise FileNotFoundError(
+            f"IDX file {missing}[.gz] of split {split!r} not found in {directory}: put the data "
+            f"set's four IDX files there, or point data.path at the directory that holds them.")
     check_image_size(image_path, read_dims(image_path, 3), image_hw)
     images = read_idx(image_path, 3)[..., None]
     labels = read_idx(label_path, 1).astype(np.int32)
