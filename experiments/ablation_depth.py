@@ -37,11 +37,7 @@ def get_config(arg=None):
     a = _args(arg)
     c = common.he2016_recipe(a.epochs)
     c.seed = a.seed
-    c.model.name = f"{'resnet' if a.residual else 'plain'}{a.depth}"
-    if tuple(a.widths) != (16, 32, 64):
-        c.model.widths = tuple(a.widths)
-    if a.residual:
-        c.model.shortcut = "A"
+    common.set_cifar_resnet(c, a.depth, a.residual, a.widths)
     common.set_cifar10_data(c, a.data, a.runlocal)
     return c
 

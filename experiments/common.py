@@ -5,7 +5,8 @@ Not an experiment on its own. An experiment file `experiments/X.py` defines `get
 
 - `parse_arg(arg, **defaults)` and `product(**axes)`, the `file.py:a=1,runlocal` grammar and the
   named sweep points (`depth20_residual`), as in big_vision's configs;
-- CIFAR-10: `cifar10_path`, `he2016_recipe`, `set_cifar10_data`, `shrink_cifar10_for_runlocal`;
+- CIFAR-10: `cifar10_path`, `he2016_recipe`, `set_cifar_resnet`, `set_cifar10_data`,
+  `shrink_cifar10_for_runlocal`;
 - ImageNet: `imagenet_config`, `parse_imagenet_arg`, `imagenet_multistep_recipe`,
   `shrink_imagenet_for_runlocal`.
 
@@ -187,6 +188,17 @@ def he2016_recipe(epochs: int) -> ml_collections.ConfigDict:
     c.data.crop_padding = 4
     c.data.flip = True
     return c
+
+
+def set_cifar_resnet(c: ml_collections.ConfigDict, depth: int, residual: bool,
+                     widths: Sequence[int] = (16, 32, 64)) -> None:
+    """The depth-`depth` CIFAR ResNet (shortcut option A) or its plain twin, at `widths` (the
+    paper's 16/32/64 unless given; only a different value is written into the config)."""
+    c.model.name = f"{'resnet' if residual else 'plain'}{depth}"
+    if tuple(widths) != (16, 32, 64):
+        c.model.widths = tuple(widths)
+    if residual:
+        c.model.shortcut = "A"
 
 
 def set_cifar10_data(c: ml_collections.ConfigDict, data: str, runlocal: bool) -> None:
