@@ -2348,7 +2348,8 @@ def run_campaign(c: Campaign, only: Sequence[str] = (), echo: Callable[[str], No
 def results_markdown(rows: Sequence[Row], command: str, elapsed: float, notes: str = "",
                      root: Path | None = None) -> str:
     """tests/faults/RESULTS.md: command, date, machine, the table, totals, details, notes.
-    Paths under the campaign's `root` are written as $ROOT."""
+    Paths under the campaign's `root` are written as $ROOT, paths in this checkout relative to it
+    (no machine's checkout path in the committed file)."""
     import platform
     details = "\n\n".join(f"**{r.scenario}**\n\n{r.details}" for r in rows if r.details)
     parts = [
@@ -2371,7 +2372,9 @@ def results_markdown(rows: Sequence[Row], command: str, elapsed: float, notes: s
         parts += ["## Details", "", details, ""]
     parts += [NOTES_MARKER, notes.strip(), ""]
     text = "\n".join(parts)
-    return text.replace(str(root), "$ROOT") if root is not None else text
+    if root is not None:
+        text = text.replace(str(root), "$ROOT")
+    return text.replace(f"{HERE.parent.parent}{os.sep}", "")  # repo paths repo-relative
 
 
 def main(argv: Sequence[str] | None = None) -> int:
