@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # cnn_jax vs PyTorch on this machine, one run, one table of ratios (cnn_jax / PyTorch).
 #
-#   bash benchmarks/compare.sh            # resnet20 (batch 128, 32x32x3), lenet5 (128, 28x28x1)
-#   ROUNDS=3 TORCH_COMPILE=1 bash benchmarks/compare.sh
+#   bash benchmarks/compare.sh            # resnet20, resnet56 (batch 128, 32x32x3), lenet5 (128, 28x28x1)
+#   ROUNDS=5 TORCH_COMPILE=1 bash benchmarks/compare.sh
+#   MODELS="resnet20 lenet5" bash benchmarks/compare.sh   # a subset
 #   TINY=1 bash benchmarks/compare.sh     # seconds-long smoke run (batch 8, 2 steps)
 #
 # Measurements are interleaved (jax, torch, jax, torch, ...) and medians taken, so that load from
 # other processes on a shared machine hits both sides alike. Every run of cnn_jax uses the same
 # fresh persistent compilation cache: round 1 shows a cold start, rounds >= 2 the first step of a
 # re-launched run. Extra cnn_jax flags (e.g. --steps_per_dispatch=4) go in JAX_ARGS.
+# resnet20 is also the CNN of experiments/mlp_vs_cnn_cifar10.py. The table ends with the targets
+# of issue 15 (training ratios, first step of a re-launched run) and whether each was met, and the
+# CPU's model and SIMD flags from lscpu, since the machine's CPU changes from day to day.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-3}
 JAX_ARGS=${JAX_ARGS:-}
 TORCH_COMPILE=${TORCH_COMPILE:-0}
 OUT=${OUT:-$(mktemp -d /tmp/cnn_jax_compare.XXXXXX)}
@@ -31,10 +35,20 @@ if [ "${TINY:-0}" = "1" ]; then
   CASES=("resnet20 8 2" "lenet5 8 2")
   REPEATS=1
 else
-  CASES=("resnet20 128 10" "lenet5 128 50")
+  CASES=("resnet20 128 10" "resnet56 128 4" "lenet5 128 50")
   REPEATS=${REPEATS:-3}
 fi
 
+if [ -n "${MODELS:-}" ]; then
+  picked=()
+  for case in "${CASES[@]}"; do
+    for m in $MODELS; do [ "${case%% *}" = "$m" ] && picked+=("$case"); done
+  done
+  [ ${#picked[@]} -gt 0 ] || { echo "MODELS=\"$MODELS\": none of resnet20 resnet56 lenet5" >&2; exit 2; }
+  CASES=("${picked[@]}")
+fi
+
+lscpu > "$OUT/lscpu.txt" 2>/dev/null || true
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu} TF_CPP_MIN_LOG_LEVEL=3
 for case in "${CASES[@]}"; do
   read -r model batch steps <<< "$case"
@@ -54,8 +68,8 @@ for case in "${CASES[@]}"; do
   done
 done
 
-"$PY" - "$LOG" <<'EOF'
-import json, statistics, sys
+"$PY" - "$LOG" "$OUT/lscpu.txt" <<'EOF'
+import json, os, statistics, sys
 
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 med = lambda xs: statistics.median(xs) if xs else float("nan")
@@ -65,7 +79,16 @@ print(f"jax {first.get('jax')}  XLA_FLAGS={first.get('xla_flags')!r}")
 torch_row = next((r for r in rows if r["side"] == "torch"), {})
 print(f"torch {torch_row.get('torch')} ({torch_row.get('threads')} threads)")
 loads = [r[k] for r in rows for k in ("loadavg_start", "loadavg_end")]
-print(f"load average during the runs: {min(loads):.1f} .. {max(loads):.1f} on {__import__('os').cpu_count()} CPUs")
+print(f"load average during the runs: {min(loads):.1f} .. {max(loads):.1f} on {os.cpu_count()} CPUs")
+cpu = {}
+if os.path.exists(sys.argv[2]):
+    for line in open(sys.argv[2]):
+        key, _, value = line.partition(":")
+        cpu[key.strip()] = value.strip()
+simd = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16")
+        if f in cpu.get("Flags", "").split()]
+print(f"CPU: {cpu.get('Model name', '?')}, {cpu.get('CPU(s)', '?')} CPUs; SIMD flags: {' '.join(simd) or 'none of avx2/avx512'}")
+ratios = {}
 hdr = (f"| {'model':8} | {'batch':>5} | {'jax train img/s':>15} | {'torch train img/s':>17} | "
        f"{'train ratio':>11} | {'jax infer img/s':>15} | {'torch infer img/s':>17} | "
        f"{'infer ratio':>11} | {'jax 1st step s (cold / relaunch)':>32} | {'torch 1st step s':>16} | "
@@ -82,6 +105,7 @@ for model in dict.fromkeys(r["model"] for r in rows):
     tf = med([r["first_step_s"] for r in t])
     jf = med(warm) if warm else med(cold)
     jc, tc = med([r["train_cpu_ms_per_step"] for r in j]), med([r["train_cpu_ms_per_step"] for r in t])
+    ratios[model] = (jt / tt, ji / ti, med(warm) if warm else float("nan"), len(j))
     print(f"| {model:8} | {j[0]['batch']:>5} | {jt:>15,.1f} | {tt:>17,.1f} | {jt / tt:>10.2f}x | "
           f"{ji:>15,.1f} | {ti:>17,.1f} | {ji / ti:>10.2f}x | "
           f"{med(cold):>14.2f} / {(med(warm) if warm else float('nan')):>15.2f} | {tf:>16.2f} | "
@@ -90,5 +114,18 @@ for model in dict.fromkeys(r["model"] for r in rows):
     if tc_rows:
         tct = med([r["train_img_per_s"] for r in tc_rows])
         print(f"|   vs torch.compile: train {tct:,.1f} img/s, ratio {jt / tct:.2f}x")
+TARGETS = [("resnet20", "train", 1.0), ("resnet20", "infer", 1.0), ("lenet5", "train", 1.2),
+           ("resnet56", "train", 1.0), ("resnet20", "relaunch", 2.0), ("lenet5", "relaunch", 2.0)]
+print("\nTargets (issue 15; resnet20 is also the MLP-vs-CNN experiment's CNN):")
+for model, what, bar in TARGETS:
+    if model not in ratios:
+        continue
+    train, infer, relaunch, n = ratios[model]
+    if what == "relaunch":
+        value, ok, text = relaunch, relaunch < bar, f"first step of a re-launched run {relaunch:.2f} s (< {bar:.0f} s)"
+    else:
+        value = train if what == "train" else infer
+        ok, text = value >= bar, f"{what} ratio {value:.2f}x (>= {bar:.1f}x)"
+    print(f"- {model} {text}: {'met' if ok else 'NOT met'} (median of {n} rounds)")
 print(f"\nraw results: {sys.argv[1]}")
 EOF
