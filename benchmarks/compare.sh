@@ -103,12 +103,13 @@ for model in dict.fromkeys(r["model"] for r in rows):
     cold = [r["first_step_s"] for r in j if r["round"] == 1]
     warm = [r["first_step_s"] for r in j if r["round"] > 1]
     tf = med([r["first_step_s"] for r in t])
-    jf = med(warm) if warm else med(cold)
+    relaunch = med(warm) if warm else float("nan")
+    jf = relaunch if warm else med(cold)
     jc, tc = med([r["train_cpu_ms_per_step"] for r in j]), med([r["train_cpu_ms_per_step"] for r in t])
-    ratios[model] = (jt / tt, ji / ti, med(warm) if warm else float("nan"), len(j))
+    ratios[model] = (jt / tt, ji / ti, relaunch, len(j), len(warm))
     print(f"| {model:8} | {j[0]['batch']:>5} | {jt:>15,.1f} | {tt:>17,.1f} | {jt / tt:>10.2f}x | "
           f"{ji:>15,.1f} | {ti:>17,.1f} | {ji / ti:>10.2f}x | "
-          f"{med(cold):>14.2f} / {(med(warm) if warm else float('nan')):>15.2f} | {tf:>16.2f} | "
+          f"{med(cold):>14.2f} / {relaunch:>15.2f} | {tf:>16.2f} | "
           f"{jf / tf:>13.2f}x | {jc:>9.0f} / {tc:>11.0f} |")
     tc_rows = [r for r in rows if r["model"] == model and r["side"] == "torch_compile"]
     if tc_rows:
@@ -120,9 +121,10 @@ print("\nTargets (issue 15; resnet20 is also the MLP-vs-CNN experiment's CNN):")
 for model, what, bar in TARGETS:
     if model not in ratios:
         continue
-    train, infer, relaunch, n = ratios[model]
+    train, infer, relaunch, n, n_warm = ratios[model]
     if what == "relaunch":
-        value, ok, text = relaunch, relaunch < bar, f"first step of a re-launched run {relaunch:.2f} s (< {bar:.0f} s)"
+        n = n_warm  # round 1 is the cold start
+        ok, text = relaunch < bar, f"first step of a re-launched run {relaunch:.2f} s (< {bar:.0f} s)"
     else:
         value = train if what == "train" else infer
         ok, text = value >= bar, f"{what} ratio {value:.2f}x (>= {bar:.1f}x)"

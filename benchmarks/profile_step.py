@@ -36,16 +36,13 @@ def main() -> None:
     if args.batch < 1 or args.steps < 1:
         raise SystemExit(f"ERROR: --batch={args.batch} and --steps={args.steps} must be >= 1")
 
-    from cnn_jax.benchmark import RECOMMENDED_CPU_XLA_FLAGS, apply_xla_flags
+    from cnn_jax.benchmark import RECOMMENDED_CPU_XLA_FLAGS, _make_train, apply_xla_flags
     apply_xla_flags(RECOMMENDED_CPU_XLA_FLAGS)
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import optax
 
     from cnn_jax import models
-    from cnn_jax.train.state import create_train_state
-    from cnn_jax.train.steps import StepConfig, train_step
     try:
         from tensorflow.tsl.profiler.protobuf import xplane_pb2
     except ImportError as e:
@@ -55,17 +52,15 @@ def main() -> None:
     if args.model not in models.list_models():
         raise SystemExit(f"ERROR: --model={args.model!r} is not registered; one of "
                          f"{', '.join(models.list_models())}")
-    model = models.build(args.model, num_classes=models.default_num_classes(args.model))
-    shape = models.default_input_shape(args.model)
     num_classes = models.default_num_classes(args.model)
-    tx = optax.sgd(0.1, momentum=0.9)
-    scfg = StepConfig(apply_fn=model.apply, tx=tx, schedule=optax.constant_schedule(0.1),
-                      num_classes=num_classes)
-    state = jax.jit(lambda: create_train_state(model, tx, 0, shape, ema=False))()
+    model = models.build(args.model, num_classes=num_classes)
+    shape = models.default_input_shape(args.model)
+    init, train_step = _make_train(model, shape, num_classes)  # the benchmark's step and state
+    state = init()
     rng = np.random.default_rng(0)
     batch = {"image": jnp.asarray(rng.normal(size=(args.batch, *shape)).astype(np.float32)),
              "label": jnp.asarray(rng.integers(0, num_classes, args.batch).astype(np.int32))}
-    step = jax.jit(lambda s, b: train_step(s, b, scfg), donate_argnums=0)
+    step = jax.jit(train_step, donate_argnums=0)
     hlo = step.lower(state, batch).compile().as_text()
     for _ in range(2):
         state, m = step(state, batch)
