@@ -14,7 +14,9 @@ expect a few points more error (see ../shared/datasets/README.md). Recipe: He et
 (experiments/common.py), shortcut option A, 182 epochs; `epochs=N` shrinks it.
 
 Args (comma-separated after the file name): runlocal, data=cifar10|synthetic, epochs=182,
-depths=20+32+44+56 (the sweep's depth axis), depth and residual (set per point by the sweep),
+depths=20+32+44+56 (the sweep's depth axis), twins=plain+residual (the sweep's other axis;
+twins=residual runs the ResNets alone, e.g. to re-test the residual half at a longer schedule),
+depth and residual (set per point by the sweep),
 seeds=0 (e.g. seeds=0+1: every point once per seed, named depth20_residual_seed1, and the report
 gives mean and std over them), seed (set per point: config.seed), widths=16+32+64 (the three
 stages' channels, model.widths; e.g. widths=8+16+32 for a quarter of the FLOPs on a CPU).
@@ -25,11 +27,12 @@ extract it). Sweep points are passed as experiment args, e.g. `...:depth=20,resi
 from experiments import common
 
 DATA_HINT = common.CIFAR10_DATA_HINT
+TWINS = {"plain": False, "residual": True}
 
 
 def _args(arg):
     return common.parse_arg(arg, runlocal=False, data="cifar10", epochs=182,
-                            depths=(20, 32, 44, 56), depth=20, residual=True, seeds=(0,), seed=0,
+                            depths=(20, 32, 44, 56), twins=tuple(TWINS), depth=20, residual=True, seeds=(0,), seed=0,
                             widths=(16, 32, 64))
 
 
@@ -44,4 +47,9 @@ def get_config(arg=None):
 
 def get_sweep(arg=None):
     a = _args(arg)
-    return common.with_seeds(common.product(depth=a.depths, residual=(False, True)), a.seeds)
+    for twin in a.twins:
+        if twin not in TWINS:
+            raise ValueError(f"twins={'+'.join(a.twins)}: {twin!r} is not one of "
+                             f"{', '.join(TWINS)}; e.g. twins=plain+residual")
+    residual = tuple(TWINS[twin] for twin in a.twins)
+    return common.with_seeds(common.product(depth=a.depths, residual=residual), a.seeds)

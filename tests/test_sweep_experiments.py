@@ -86,6 +86,10 @@ def test_imagenet_recipes_match_the_papers():
 def test_get_sweep_restricts_axes_through_its_args():
     assert [n for n, _ in _load("ablation_depth").get_sweep("depths=20+56")] == [
         "depth20_noresidual", "depth20_residual", "depth56_noresidual", "depth56_residual"]
+    assert [n for n, _ in _load("ablation_depth").get_sweep("depths=20+56,twins=residual")] == [
+        "depth20_residual", "depth56_residual"]
+    with pytest.raises(ValueError, match="'highway' is not one of plain, residual"):
+        _load("ablation_depth").get_sweep("twins=residual+highway")
     assert [n for n, _ in _load("mlp_vs_cnn_cifar10").get_sweep("nets=mlp")] == ["mlp"]
     with pytest.raises(ValueError, match="not one of"):
         _load("mlp_vs_cnn_cifar10").get_sweep("nets=mlp+rnn")
