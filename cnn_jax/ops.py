@@ -10,9 +10,19 @@ Profile (LeNet-5 train step, batch 128, 2-core CPU, jax 0.10.2; benchmarks/RESUL
   the same output and a 2.4x cheaper gradient (an equality mask). Where a window holds several
   equal maxima, the gradient is split between them (jnp.max's rule) rather than sent to the first
   one; both are valid subgradients.
+- A weight gradient on XLA:CPU is an Eigen convolution over the layer's input transposed to
+  (C, H, W, N). XLA fuses the input's elementwise producers (BatchNorm, ReLU, residual adds) into
+  that transpose and recomputes them there, at a transposed access pattern: on ResNet-20 the
+  transposes took 61% of the labelled op time (issue 15). `optimization_barrier` does not stop it
+  (XLA:CPU drops barriers before fusion); a `lax.cond` whose both branches return the input does,
+  because fusion does not cross a conditional. `conv_input_boundary` puts one on the input of each
+  XLA convolution on the CPU backend, so the input is computed once and the transpose reads it.
+  Values and gradients are bit-identical (tests/test_ops.py).
 `conv_general_dilated` is the drop-in `lax.conv_general_dilated` that `layers.Conv` uses: it takes
 the shifted-slice form only on the CPU backend and only for small stride-1 convolutions, and
-`lax.conv_general_dilated` for everything else.
+`lax.conv_general_dilated` (behind the boundary on the CPU backend) for everything else.
+Nothing in jax, flax or XLA offers either formulation or the boundary as an option, hence this
+module.
 """
 
 from __future__ import annotations
@@ -30,6 +40,9 @@ from jax import lax
 # stem: 27). Beyond it XLA's conv kernels win.
 MAX_SHIFTED_TERMS = 32
 _NHWC = ("NHWC", "HWIO", "NHWC")
+# Whether XLA convolutions on the CPU backend get `conv_input_boundary` on their input (read at
+# trace time; benchmarks/ab_conv_boundary.py compares both settings).
+CPU_CONV_INPUT_BOUNDARY = True
 
 
 def _is_nhwc(dimension_numbers: Any) -> bool:
@@ -94,6 +107,21 @@ def use_shifted_conv(lhs_shape: Sequence[int], rhs_shape: Sequence[int], window_
     return kh * kw * cin <= MAX_SHIFTED_TERMS
 
 
+def conv_input_boundary(x: jax.Array) -> jax.Array:
+    """x, unchanged, behind a conditional that XLA's fusion passes do not cross.
+
+    The predicate is true unless x's first element is NaN; the other branch returns x + 0, the
+    same values, so the result equals x bit for bit either way. The point is the boundary: x is
+    materialised once instead of being recomputed inside every consumer fusion (see the module
+    docstring). Under `vmap` with a batched x the conditional becomes a select and the boundary
+    disappears, which changes speed only.
+    """
+    if x.size == 0:
+        return x
+    first = lax.slice(x.reshape(-1), (0,), (1,))[0]
+    return lax.cond(first == first, lambda v: v, lambda v: v + jnp.zeros((), v.dtype), x)
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None,
                          **kwargs) -> jax.Array:
@@ -103,6 +131,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                        feature_group_count):
         pads = tuple((int(lo), int(hi)) for lo, hi in padding)
         return _shifted_conv(lhs, rhs, pads)
+    if CPU_CONV_INPUT_BOUNDARY and jax.default_backend() == "cpu":
+        lhs = conv_input_boundary(lhs)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                     rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                     feature_group_count=feature_group_count, precision=precision,

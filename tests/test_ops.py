@@ -97,3 +97,47 @@ def test_max_pool_gradient_with_ties_is_a_subgradient():
     windows = np.asarray(gx).reshape(2, 2, 2, 2).transpose(0, 2, 1, 3).reshape(4, 4)
     np.testing.assert_allclose(windows.sum(axis=1), np.ones(4))  # each window passes 1 back
     assert gx[0, 0, 0, 0] == 1.0
+
+
+def _block_loss(x, w1, w2, scale):
+    """Two 3x3 convs with a BatchNorm-like centring, ReLU and a residual add between them: the
+    elementwise chain XLA:CPU would re-fuse into the weight-gradient transposes."""
+    dn = ("NHWC", "HWIO", "NHWC")
+    y = ops.conv_general_dilated(x, w1, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+    y = (y - y.mean(axis=(0, 1, 2))) * scale
+    y = jax.nn.relu(y) + x
+    z = ops.conv_general_dilated(y, w2, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+    return jnp.sum(z * z)
+
+
+def _with_boundary(on, fn, *args):
+    old = ops.CPU_CONV_INPUT_BOUNDARY
+    ops.CPU_CONV_INPUT_BOUNDARY = on
+    try:
+        compiled = jax.jit(lambda *a: fn(*a)).lower(*args).compile()  # a fresh trace
+        return compiled.as_text(), compiled(*args)
+    finally:
+        ops.CPU_CONV_INPUT_BOUNDARY = old
+
+
+def test_conv_input_boundary_is_bit_identical_and_kept_by_xla():
+    ks = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(ks[0], (4, 8, 8, 12))
+    w1 = jax.random.normal(ks[1], (3, 3, 12, 12)) * 0.1
+    w2 = jax.random.normal(ks[2], (3, 3, 12, 12)) * 0.1
+    grad = jax.value_and_grad(_block_loss, argnums=(0, 1, 2, 3))
+    hlo_on, (v_on, g_on) = _with_boundary(True, grad, x, w1, w2, 1.5)
+    hlo_off, (v_off, g_off) = _with_boundary(False, grad, x, w1, w2, 1.5)
+    # 12 input channels x 9 taps > MAX_SHIFTED_TERMS: both convs are XLA's, so both get one
+    assert hlo_on.count(" conditional(") >= 2 and hlo_off.count(" conditional(") == 0
+    assert np.array_equal(v_on, v_off)
+    for a, b in zip(g_on, g_off):
+        assert np.array_equal(a, b)
+
+
+def test_conv_input_boundary_keeps_nan_and_empty_inputs():
+    x = jnp.array([[jnp.nan, 1.0], [2.0, -0.0]])
+    y = jax.jit(ops.conv_input_boundary)(x)
+    assert np.array_equal(np.asarray(y), np.asarray(x), equal_nan=True)
+    assert np.signbit(y[1, 1])  # -0.0 stays -0.0 (the predicate is true; x is returned as is)
+    assert ops.conv_input_boundary(jnp.zeros((0, 3))).shape == (0, 3)
