@@ -1,12 +1,14 @@
-"""A/B of `cnn_jax.ops.CPU_CONV_INPUT_BOUNDARY`: the engine's train step with and without it.
+"""A/B of `cnn_jax.ops.CPU_CONV_INPUT_BOUNDARY`: the engine's train step with and without it
+(or with different channel floors, `--variants=off,8,16`).
 
     python benchmarks/ab_conv_boundary.py --model=resnet20 [--batch=128] [--rounds=6] [--steps=10]
+        [--set widths=8,16,32] [--mode=infer] [--json=PATH]
 
 Both variants are compiled in one process (each traced with the setting it names), start from
 the same parameters and take the same batch; then `--rounds` rounds time `--steps` steps of each,
 the order alternating between rounds (A B, B A, ...) so that a drift of the machine's speed hits
-both. Prints img/s per round and variant, the per-round ratio B/A, its median, and whether the
-two variants' losses after the same steps are equal (they should be bit for bit). Also counts
+all. Prints img/s per round and variant, each variant's per-round ratio to the first, its median,
+and whether the variants' losses after the same steps are equal (they should be bit for bit). Also counts
 the conditionals and transpose fusions in each compiled step. `--json=PATH` writes the raw
 figures. Written by hand: no library runs an interleaved A/B of two compiled variants.
 """
@@ -28,12 +30,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--mode", choices=("train", "infer"), default="train")
+    p.add_argument("--set", action="append", default=[],
+                   help="model field override KEY=VALUE, as cnn_jax.benchmark's (e.g. widths=8,16,32)")
+    p.add_argument("--variants", default="off,on",
+                   help="comma-separated: off (no boundary), on (the default floor), or a channel "
+                        "floor N (ops.BOUNDARY_MIN_CHANNELS=N); the first is the baseline")
     p.add_argument("--json", default="")
     args = p.parse_args()
     if min(args.batch, args.steps, args.rounds) < 1:
         raise SystemExit("ERROR: --batch, --steps and --rounds must be >= 1")
 
-    from cnn_jax.benchmark import RECOMMENDED_CPU_XLA_FLAGS, _make_train, apply_xla_flags
+    from cnn_jax.benchmark import (RECOMMENDED_CPU_XLA_FLAGS, _make_train, apply_xla_flags,
+                                   parse_overrides)
     apply_xla_flags(RECOMMENDED_CPU_XLA_FLAGS)
     import jax
     import jax.numpy as jnp
@@ -45,17 +53,25 @@ def main() -> None:
         raise SystemExit(f"ERROR: --model={args.model!r} is not registered; one of "
                          f"{', '.join(models.list_models())}")
     num_classes = models.default_num_classes(args.model)
-    model = models.build(args.model, num_classes=num_classes)
+    model = models.build(args.model, num_classes=num_classes, **dict(parse_overrides(args.set)))
     shape = models.default_input_shape(args.model)
     init, train_step = _make_train(model, shape, num_classes)
     rng = np.random.default_rng(0)
     batch = {"image": jnp.asarray(rng.normal(size=(args.batch, *shape)).astype(np.float32)),
              "label": jnp.asarray(rng.integers(0, num_classes, args.batch).astype(np.int32))}
 
-    variants = {"A_no_boundary": False, "B_boundary": True}
+    default_floor = ops.BOUNDARY_MIN_CHANNELS
+    variants = {}
+    for v in args.variants.split(","):
+        if v not in ("off", "on") and not v.isdigit():
+            raise SystemExit(f"ERROR: --variants={args.variants!r}: {v!r} is not off, on or a "
+                             "channel count")
+        variants[v] = (v != "off", default_floor if v in ("off", "on") else int(v))
+    if len(variants) < 2:
+        raise SystemExit(f"ERROR: --variants={args.variants!r}: give at least two distinct ones")
     fns, states, hlo_counts, compile_s = {}, {}, {}, {}
-    for name, on in variants.items():
-        ops.CPU_CONV_INPUT_BOUNDARY = on
+    for name, (on, floor) in variants.items():
+        ops.CPU_CONV_INPUT_BOUNDARY, ops.BOUNDARY_MIN_CHANNELS = on, floor
         state = init()
         if args.mode == "train":
             fn = jax.jit(lambda s, b: train_step(s, b), donate_argnums=0)
@@ -73,7 +89,7 @@ def main() -> None:
         fns[name] = compiled
         states[name], _ = compiled(arg, batch)  # warm-up call
         jax.block_until_ready(states[name])
-    ops.CPU_CONV_INPUT_BOUNDARY = True
+    ops.CPU_CONV_INPUT_BOUNDARY, ops.BOUNDARY_MIN_CHANNELS = True, default_floor
 
     losses = {}
     if args.mode == "train":
@@ -83,6 +99,7 @@ def main() -> None:
             losses[name] = float(m["loss"])
     rates = {name: [] for name in variants}
     order = list(variants)
+    base = order[0]
     for r in range(args.rounds):
         for name in (order if r % 2 == 0 else order[::-1]):
             fn, s = fns[name], states[name]
@@ -92,13 +109,16 @@ def main() -> None:
             jax.block_until_ready(s)
             rates[name].append(args.steps * args.batch / (time.perf_counter() - t0))
             states[name] = s
-        a, b = rates[order[0]][-1], rates[order[1]][-1]
-        print(f"round {r}: A {a:8.1f} img/s   B {b:8.1f} img/s   B/A {b / a:5.2f}", flush=True)
-    ratios = [b / a for a, b in zip(rates[order[0]], rates[order[1]])]
+        print(f"round {r}: " + "   ".join(
+            f"{n} {rates[n][-1]:8.1f} img/s" + ("" if n == base else
+                                                f" ({rates[n][-1] / rates[base][-1]:.2f}x)")
+            for n in order), flush=True)
+    ratios = {n: [b / a for a, b in zip(rates[base], rates[n])] for n in order[1:]}
     same = len(set(losses.values())) == 1 if losses else None
-    print(f"{args.model} {args.mode} batch {args.batch}: median A {statistics.median(rates[order[0]]):.1f}"
-          f" img/s, median B {statistics.median(rates[order[1]]):.1f} img/s, median B/A "
-          f"{statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})")
+    print(f"{args.model} {args.mode} batch {args.batch} {args.set or ''}: median img/s " + ", ".join(
+        f"{n} {statistics.median(rates[n]):.1f}" for n in order) + "; per-round ratio to "
+        f"{base}: " + ", ".join(f"{n} median {statistics.median(r):.2f} (min {min(r):.2f}, "
+                                f"max {max(r):.2f})" for n, r in ratios.items()))
     print(f"HLO: {hlo_counts}; compile s: { {k: round(v, 1) for k, v in compile_s.items()} }")
     if losses:
         print(f"loss after the same steps: {losses} -> {'equal' if same else 'DIFFERENT'}")

@@ -122,17 +122,26 @@ def _with_boundary(on, fn, *args):
 
 def test_conv_input_boundary_is_bit_identical_and_kept_by_xla():
     ks = jax.random.split(jax.random.PRNGKey(0), 3)
-    x = jax.random.normal(ks[0], (4, 8, 8, 12))
-    w1 = jax.random.normal(ks[1], (3, 3, 12, 12)) * 0.1
-    w2 = jax.random.normal(ks[2], (3, 3, 12, 12)) * 0.1
+    x = jax.random.normal(ks[0], (4, 8, 8, 16))
+    w1 = jax.random.normal(ks[1], (3, 3, 16, 16)) * 0.1
+    w2 = jax.random.normal(ks[2], (3, 3, 16, 16)) * 0.1
     grad = jax.value_and_grad(_block_loss, argnums=(0, 1, 2, 3))
     hlo_on, (v_on, g_on) = _with_boundary(True, grad, x, w1, w2, 1.5)
     hlo_off, (v_off, g_off) = _with_boundary(False, grad, x, w1, w2, 1.5)
-    # 12 input channels x 9 taps > MAX_SHIFTED_TERMS: both convs are XLA's, so both get one
+    # 16 input channels (>= BOUNDARY_MIN_CHANNELS) x 9 taps > MAX_SHIFTED_TERMS: both convs are
+    # XLA's, so both inputs get one
     assert hlo_on.count(" conditional(") >= 2 and hlo_off.count(" conditional(") == 0
     assert np.array_equal(v_on, v_off)
     for a, b in zip(g_on, g_off):
         assert np.array_equal(a, b)
+
+
+def test_no_conv_input_boundary_below_the_channel_floor():
+    x = jnp.ones((2, 8, 8, 6))  # LeNet-5's second convolution: 6 input channels, 150 taps
+    w = jnp.ones((5, 5, 6, 16))
+    hlo, _ = _with_boundary(True, lambda x, w: ops.conv_general_dilated(
+        x, w, (1, 1), ((0, 0), (0, 0)), dimension_numbers=("NHWC", "HWIO", "NHWC")), x, w)
+    assert " conditional(" not in hlo
 
 
 def test_conv_input_boundary_keeps_nan_and_empty_inputs():
