@@ -18,7 +18,7 @@ Profile (LeNet-5 train step, batch 128, 2-core CPU, jax 0.10.2; benchmarks/RESUL
   because fusion does not cross a conditional. `conv_input_boundary` puts one on the input of each
   XLA convolution with at least BOUNDARY_MIN_CHANNELS input channels on the CPU backend, so the
   input is computed once and the transpose reads it. Values and gradients are bit-identical
-  (tests/test_ops.py). Interleaved A/B (benchmarks/ab_conv_boundary.py, AVX-512 AMD EPYC):
+  (checked by the test suite). Interleaved A/B (benchmarks/ab_conv_boundary.py, AVX-512 AMD EPYC):
   ResNet-20 training 1.38x, ResNet-56 2.18x, ResNet-56 at widths 8/16/32 1.47x (1.11x with the
   8-channel stage left out), inference unchanged; on LeNet-5, whose one XLA convolution has 6
   input channels fed by a pooling, it cost 6%, hence the floor of 8 channels.
