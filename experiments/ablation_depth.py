@@ -32,7 +32,8 @@ TWINS = {"plain": False, "residual": True}
 
 def _args(arg):
     return common.parse_arg(arg, runlocal=False, data="cifar10", epochs=182,
-                            depths=(20, 32, 44, 56), twins=tuple(TWINS), depth=20, residual=True, seeds=(0,), seed=0,
+                            depths=(20, 32, 44, 56), twins=tuple(TWINS), depth=20,
+                            residual=True, seeds=(0,), seed=0,
                             widths=(16, 32, 64))
 
 

@@ -145,8 +145,9 @@ def test_no_conv_input_boundary_below_the_channel_floor():
 
 
 def test_conv_input_boundary_keeps_nan_and_empty_inputs():
-    x = jnp.array([[jnp.nan, 1.0], [2.0, -0.0]])
+    x = jnp.array([[jnp.nan, 1.0], [2.0, 3.0]])  # first element NaN: the x + 0 branch
     y = jax.jit(ops.conv_input_boundary)(x)
     assert np.array_equal(np.asarray(y), np.asarray(x), equal_nan=True)
-    assert np.signbit(y[1, 1])  # -0.0 stays -0.0 (the predicate is true; x is returned as is)
+    z = jax.jit(ops.conv_input_boundary)(jnp.array([1.0, -0.0]))  # predicate true: x as it is
+    assert np.signbit(z[1])
     assert ops.conv_input_boundary(jnp.zeros((0, 3))).shape == (0, 3)
