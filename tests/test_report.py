@@ -245,19 +245,23 @@ def legends(monkeypatch):
     return seen
 
 
-def _make_seed_sweep(root: Path, fail: str | None = None) -> None:
-    """depth {20, 56} x residual False x seeds {0, 1}: val accuracy 0.8/0.7 + 0.02 * seed."""
+def _make_seed_sweep(root: Path, fail: str | None = None, residual: bool = False,
+                     bases: tuple = (0.8, 0.7)) -> None:
+    """depth {20, 56} x residual x seeds {0, 1}: val accuracy bases[i] + 0.02 * seed."""
     points = []
-    for depth, base in ((20, 0.8), (56, 0.7)):
+    for depth, base in zip((20, 56), bases):
         for seed in (0, 1):
-            name = rundir.point_name({"depth": depth, "residual": False}) + f"_seed{seed}"
+            name = rundir.point_name({"depth": depth, "residual": residual}) + f"_seed{seed}"
             acc = base + 0.02 * seed
             _make_run(root / name, [acc - 0.1, acc], [acc - 0.2, acc], finished=name != fail,
                       failed_error="FloatingPointError: loss is nan at step 7" if name == fail
                       else None)
-            points.append({"name": name, "axes": {"depth": depth, "residual": False,
+            points.append({"name": name, "axes": {"depth": depth, "residual": residual,
                                                   "seed": seed}})
-    (root / rundir.SWEEP_FILE).write_text(json.dumps({"config": "x.py", "points": points}))
+    (root / rundir.SWEEP_FILE).write_text(json.dumps({
+        "config": f"x.py:twins={'residual' if residual else 'plain'}", "points": points,
+        "last_run": {"started": "2026-12-06 10:18:25 UTC", "machine": "vm", "points_run": 4,
+                     "parallel": 2, "elapsed_s": 4321.0}}))
 
 
 def test_seeds_are_averaged_into_mean_and_std_columns_and_one_curve(tmp_path, legends):
@@ -304,6 +308,60 @@ def test_a_point_that_failed_before_logging_still_shows_in_the_plot(tmp_path, le
     report.write_report(tmp_path)
     assert ("depth32 (failed, before its first log: FloatingPointError: nan loss)"
             in legends["curves_noresidual.png"])
+
+
+def test_two_sweeps_are_reported_together_with_their_axes_and_sources(tmp_path, legends):
+    plain, residual, out = tmp_path / "plain", tmp_path / "residual", tmp_path / "joint"
+    _make_seed_sweep(plain)
+    _make_seed_sweep(residual, residual=True, bases=(0.75, 0.76))
+    written = report.write_report(out, sources=[plain, residual])
+    assert out / "summary.md" in written and not (plain / "summary.md").exists()
+    rows = _csv(out / "summary.csv")
+    assert len(rows) == 8
+    assert rows["depth56_residual_seed1"]["group"] == "depth56_residual"
+    assert float(rows["depth56_residual_seed0"]["val_top1_err_mean"]) == pytest.approx(23.0)
+    assert float(rows["depth56_noresidual_seed0"]["val_top1_err_mean"]) == pytest.approx(29.0)
+    md = (out / "summary.md").read_text()
+    assert f"Source: `{plain}` (4 point(s))" in md and f"Source: `{residual}` (4 point(s))" in md
+    assert md.count("Sweep: `python -m cnn_jax --config=x.py:twins=") == 2
+    assert md.count("4321.0 s wall time") == 2 and "Mixed protocols" not in md
+    assert {"curves_residual.png", "curves_noresidual.png", "error_vs_depth.png"} <= set(legends)
+
+
+def test_a_point_in_two_reported_sweeps_is_an_error_naming_both(tmp_path):
+    _make_seed_sweep(tmp_path / "a")
+    _make_seed_sweep(tmp_path / "b")
+    with pytest.raises(ValueError, match=r"depth20_noresidual_seed0.* is in both .*a.* and .*b"):
+        report.write_report(tmp_path / "joint", sources=[tmp_path / "a", tmp_path / "b"])
+
+
+def test_sweeps_of_different_protocols_reported_together_are_flagged(tmp_path, capsys):
+    _make_seed_sweep(tmp_path / "a")
+    _make_seed_sweep(tmp_path / "b", residual=True)
+    for d, steps in ((tmp_path / "a", 800), (tmp_path / "b", 3000)):
+        for run in d.iterdir():
+            if run.is_dir():
+                (run / "config.json").write_text(json.dumps({"total_steps": steps}))
+    report.write_report(tmp_path / "joint", sources=[tmp_path / "a", tmp_path / "b"])
+    assert "mixed protocols: total_steps differs between points: 800" in capsys.readouterr().out
+    assert "**Mixed protocols" in (tmp_path / "joint" / "summary.md").read_text()
+
+
+def test_cli_reports_several_directories_into_out_and_needs_out(tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    _make_seed_sweep(tmp_path / "a")
+    _make_seed_sweep(tmp_path / "b", residual=True)
+    cmd = [sys.executable, "-m", "cnn_jax.report", str(tmp_path / "a"), str(tmp_path / "b")]
+    no_out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
+    assert no_out.returncode == 1 and "but no --out" in no_out.stderr
+    ok = subprocess.run(cmd + [f"--out={tmp_path / 'joint'}", "--noconfusion"], cwd=repo,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "joint" / "summary.csv").is_file()
+    assert len(_csv(tmp_path / "joint" / "summary.csv")) == 8
 
 
 def test_a_mix_of_protocols_is_said_in_the_summary_and_on_stdout(tmp_path, capsys):

@@ -1,5 +1,9 @@
 """`python -m cnn_jax.report DIR [--filters] [--feature_maps IMG] [--group_by AXIS]`.
 
+`python -m cnn_jax.report DIR1 DIR2 ... --out=OUT`: one report over the runs of several sweep
+directories (for example the plain and the residual half of a depth ablation, run on different
+days), written into OUT; a mix of protocols among them is flagged as for one sweep.
+
 Besides the tables and curves, every run that has a confusion matrix (its `eval_metrics.json`,
 else the final evaluation in `results.json`) gets `confusion_matrix.png` in its directory
 (cnn_jax/report_confusion.py; `--noconfusion` skips them).
@@ -12,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cnn_jax import report_confusion
-from cnn_jax.report import find_runs, plot_feature_maps, plot_filters, write_report
+from cnn_jax.report import find_runs, find_runs_in, plot_feature_maps, plot_filters, write_report
 
 
 def cli() -> None:
@@ -28,6 +32,8 @@ def cli() -> None:
                         "categorical one).")
     flags.DEFINE_bool("confusion", True, "Draw each run's confusion matrix "
                       "(confusion_matrix.png in the run directory) when it has one.")
+    flags.DEFINE_string("out", None, "With several DIRs: the directory the joint report is "
+                        "written to (created if missing).")
     flags.DEFINE_integer("num_layers", 4, "--feature_maps: how many of the first layers to draw.")
     flags.DEFINE_integer("max_maps", 16, "--feature_maps: channels drawn per layer.")
     FLAGS = flags.FLAGS  # noqa: N806 (absl's convention)
@@ -35,11 +41,15 @@ def cli() -> None:
     def main(argv: Sequence[str]) -> None:
         if not FLAGS["verbosity"].present:  # JAX and Orbax are chatty at INFO (as launch.py)
             logging.set_verbosity(logging.WARNING)
-        if len(argv) != 2:
+        if len(argv) < 2:
             raise app.UsageError("usage: python -m cnn_jax.report DIR [--filters] "
-                                 "[--feature_maps IMAGE] [--group_by AXIS]")
+                                 "[--feature_maps IMAGE] [--group_by AXIS], or "
+                                 "python -m cnn_jax.report DIR1 DIR2 ... --out=OUT")
+        if len(argv) > 2 and not FLAGS.out:
+            sys.exit(f"ERROR: {len(argv) - 1} directories given ({', '.join(argv[1:])}) but no "
+                     "--out: name the directory the joint report goes to, e.g. --out=runs/joint")
         try:
-            written = _cli_report(argv[1], FLAGS)
+            written = _cli_report(argv[1:], FLAGS)
         except (FileNotFoundError, ValueError) as e:
             sys.exit(f"ERROR: {e}")
         for path in written:
@@ -48,16 +58,20 @@ def cli() -> None:
     app.run(main)
 
 
-def _cli_report(directory: str, FLAGS) -> list[Path]:  # noqa: N803
-    written = write_report(directory, group_by=FLAGS.group_by)
+def _cli_report(directories: Sequence[str], FLAGS) -> list[Path]:  # noqa: N803
+    if FLAGS.out:
+        written = write_report(FLAGS.out, group_by=FLAGS.group_by, sources=directories)
+        runs = find_runs_in(directories)
+    else:
+        written = write_report(directories[0], group_by=FLAGS.group_by)
+        runs = find_runs(directories[0])
     if FLAGS.confusion:
-        for run in find_runs(directory):
+        for run in runs:
             try:
                 written.append(Path(report_confusion.plot_confusion(str(run.path))))
             except FileNotFoundError:
                 pass  # unfinished or failed, or written before confusion matrices existed
     if FLAGS.filters or FLAGS.feature_maps:
-        runs = find_runs(directory)
         for run in runs:
             try:
                 if FLAGS.filters:

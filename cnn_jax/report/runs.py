@@ -127,6 +127,35 @@ def find_runs(directory: str | Path) -> list[Run]:
     return runs
 
 
+def find_runs_in(directories: Sequence[str | Path]) -> list[Run]:
+    """The runs of several sweep (or run) directories, in the order given, for one report.
+
+    Sweeps run separately (the two halves of an ablation, on different days) are reported
+    together this way. Each directory keeps its own plan's axes; when any of them has no plan,
+    the axes are the config fields that differ over all the runs. A point name found in two
+    directories is an error naming both.
+    """
+    runs: list[Run] = []
+    seen: dict[str, Path] = {}
+    planned = True
+    for directory in directories:
+        root = Path(directory)
+        found = find_runs(root)
+        planned = planned and read_json(root / rundir.SWEEP_FILE) is not None
+        for r in found:
+            if r.name in seen:
+                raise ValueError(
+                    f"point {r.name!r} is in both {str(seen[r.name])!r} and {str(root)!r}; "
+                    "report those directories separately, or rename one point directory")
+            seen[r.name] = root
+        runs += found
+    if not planned and len(runs) > 1:
+        for r in runs:
+            r.axes = {}
+        _derive_axes(runs)
+    return runs
+
+
 def _derive_axes(runs: list[Run]) -> None:
     """Without a sweep plan, the axes are the config fields whose values differ between runs."""
     keys = sorted({k for r in runs for k in r.config})
