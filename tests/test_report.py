@@ -347,6 +347,20 @@ def test_sweeps_of_different_protocols_reported_together_are_flagged(tmp_path, c
     assert "**Mixed protocols" in (tmp_path / "joint" / "summary.md").read_text()
 
 
+def test_run_directories_reported_together_get_axes_from_their_differing_configs(tmp_path):
+    for seed, acc in ((0, 0.8), (1, 0.84)):  # two single runs, e.g. one seed per session
+        run = tmp_path / f"cnn_seed{seed}"
+        _make_run(run, [acc - 0.1, acc], [acc - 0.2, acc])
+        (run / "config.json").write_text(json.dumps({"model": {"name": "resnet20"},
+                                                     "seed": seed}))
+    report.write_report(tmp_path / "joint", sources=[tmp_path / "cnn_seed0",
+                                                     tmp_path / "cnn_seed1"])
+    rows = _csv(tmp_path / "joint" / "summary.csv")
+    assert rows["cnn_seed0"]["seed"] == "0" and rows["cnn_seed1"]["seed"] == "1"
+    assert rows["cnn_seed0"]["n_seeds"] == "2"
+    assert float(rows["cnn_seed1"]["val_top1_err_mean"]) == pytest.approx(18.0)  # 20% and 16%
+
+
 def test_cli_reports_several_directories_into_out_and_needs_out(tmp_path):
     import subprocess
     import sys
