@@ -33,20 +33,23 @@ __all__ = ["Run", "choose_group_axis", "filter_grid", "find_runs", "find_runs_in
 
 
 def write_report(directory: str | Path, group_by: str | None = None,
-                 sources: Sequence[str | Path] | None = None) -> list[Path]:
+                 sources: Sequence[str | Path] | None = None,
+                 runs: Sequence[Run] | None = None) -> list[Path]:
     """Writes summary.csv, summary.md and the plots into `directory`; returns the files written.
 
     `sources`: report the runs of these sweep directories together (e.g. two halves of an
     ablation run separately), written into `directory`; None: the runs of `directory` itself.
+    `runs`: those runs, already read by `find_runs`/`find_runs_in` (the CLI reuses them for
+    its per-run pictures); None: read here.
     A mix of protocols among the runs is said in summary.md and printed as a WARNING line.
     """
     root = Path(directory)
     if sources is None:
-        runs = find_runs(root)
         source_dirs = [root]
+        runs = list(runs) if runs is not None else find_runs(root)
     else:
         source_dirs = [Path(s) for s in sources]
-        runs = find_runs_in(source_dirs)
+        runs = list(runs) if runs is not None else find_runs_in(source_dirs)
         root.mkdir(parents=True, exist_ok=True)
     columns, rows = table(runs)
     if group_by is not None and group_by not in axis_keys(runs):

@@ -59,12 +59,12 @@ def cli() -> None:
 
 
 def _cli_report(directories: Sequence[str], FLAGS) -> list[Path]:  # noqa: N803
-    if FLAGS.out:
-        written = write_report(FLAGS.out, group_by=FLAGS.group_by, sources=directories)
+    if FLAGS.out:  # read once, for the report and the per-run pictures below
         runs = find_runs_in(directories)
+        written = write_report(FLAGS.out, group_by=FLAGS.group_by, sources=directories, runs=runs)
     else:
-        written = write_report(directories[0], group_by=FLAGS.group_by)
         runs = find_runs(directories[0])
+        written = write_report(directories[0], group_by=FLAGS.group_by, runs=runs)
     if FLAGS.confusion:
         for run in runs:
             try:
