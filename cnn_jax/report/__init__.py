@@ -1,9 +1,11 @@
-"""Tables and plots from run directories: `python -m cnn_jax.report DIR [--filters] [--feature_maps IMG]`.
+"""Tables and plots from run directories.
 
-DIR is a sweep directory (one run per subdirectory, `sweep.json` naming the axes) or one run
-directory; `python -m cnn_jax.report DIR1 DIR2 ... --out=OUT` reports the runs of several sweeps
-together in OUT (two halves of an ablation run separately, say). Writes `summary.csv`, `summary.md`, `curves*.png` (train error thin, validation error
-bold, against epoch; one figure per group) and `error_vs_depth.png` when a depth axis exists.
+`python -m cnn_jax.report DIR [--filters] [--feature_maps IMG]`: DIR is a sweep directory (one run
+per subdirectory, `sweep.json` naming the axes) or one run directory;
+`python -m cnn_jax.report DIR1 DIR2 ... --out=OUT` reports the runs of several sweeps together in
+OUT (two halves of an ablation run separately, say). Writes `summary.csv`, `summary.md`,
+`curves*.png` (train error thin, validation error bold, against epoch; one figure per group) and
+`error_vs_depth.png` when a depth axis exists.
 Points that differ only in their `seed` axis form a group: mean and std columns, mean curves
 with a band, error bars. Failed points are listed with their error line and drawn with an x;
 points trained under different protocols (train split, epochs, ...) are flagged.
