@@ -116,10 +116,10 @@ def conv_input_boundary(x: jax.Array) -> jax.Array:
     """x, unchanged, behind a conditional that XLA's fusion passes do not cross.
 
     The predicate is true unless x's first element is NaN, and then x is returned as it is; the
-    other branch returns x + 0, the same values (at most a -0.0 could read +0.0 there). The point is the boundary: x is
-    materialised once instead of being recomputed inside every consumer fusion (see the module
-    docstring). Under `vmap` with a batched x the conditional becomes a select and the boundary
-    disappears, which changes speed only.
+    other branch returns x + 0, the same values (at most a -0.0 could read +0.0 there). The
+    point is the boundary: x is materialised once instead of being recomputed inside every
+    consumer fusion (see the module docstring). Under `vmap` with a batched x the conditional
+    becomes a select and the boundary disappears, which changes speed only.
     """
     if x.size == 0:
         return x
