@@ -18,7 +18,7 @@ import jax.numpy as jnp  # noqa: E402
 from cnn_jax import models  # noqa: E402
 
 name, label = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else ""
-num_classes, shape = 10, models.default_input_shape(sys.argv[1])
+num_classes, shape = 10, models.default_input_shape(name)
 init, step = _make_train(models.build(name, num_classes=num_classes), shape, num_classes)
 jax.devices()
 clock = time.process_time

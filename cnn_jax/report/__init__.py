@@ -46,12 +46,10 @@ def write_report(directory: str | Path, group_by: str | None = None,
     A mix of protocols among the runs is said in summary.md and printed as a WARNING line.
     """
     root = Path(directory)
-    if sources is None:
-        source_dirs = [root]
-        runs = list(runs) if runs is not None else find_runs(root)
-    else:
-        source_dirs = [Path(s) for s in sources]
-        runs = list(runs) if runs is not None else find_runs_in(source_dirs)
+    source_dirs = [root] if sources is None else [Path(s) for s in sources]
+    if runs is None:
+        runs = find_runs(root) if sources is None else find_runs_in(source_dirs)
+    if sources is not None:
         root.mkdir(parents=True, exist_ok=True)
     columns, rows = table(runs)
     if group_by is not None and group_by not in axis_keys(runs):
