@@ -1,14 +1,15 @@
-"""A/B of `cnn_jax.ops.CPU_CONV_INPUT_BOUNDARY`: the engine's train step with and without it
-(or with different channel floors, `--variants=off,8,16`).
+"""A/B of a switch of `cnn_jax.ops` (`--flag`, default CPU_CONV_INPUT_BOUNDARY): the engine's
+train step with and without it (for the boundary also with channel floors, `--variants=off,8,16`).
 
     python benchmarks/ab_conv_boundary.py --model=resnet20 [--batch=128] [--rounds=6] [--steps=10]
-        [--set widths=8,16,32] [--mode=infer] [--json=PATH]
+        [--set widths=8,16,32] [--mode=infer] [--json=PATH] [--flag=CPU_COL2IM_INPUT_GRAD]
 
 Both variants are compiled in one process (each traced with the setting it names), start from
 the same parameters and take the same batch; then `--rounds` rounds time `--steps` steps of each,
 the order alternating between rounds (A B, B A, ...) so that a drift of the machine's speed hits
 all. Prints img/s per round and variant, each variant's per-round ratio to the first, its median,
-and whether the variants' losses after the same steps are equal (they should be bit for bit). Also counts
+and whether the variants' losses after the same steps are equal (bit for bit for the boundary;
+other switches change the float summation order, so they print the difference). Also counts
 the conditionals and transpose fusions in each compiled step. `--json=PATH` writes the raw
 figures. Written by hand: no library runs an interleaved A/B of two compiled variants.
 """
@@ -36,6 +37,8 @@ def main() -> None:
                    help="comma-separated: off (no boundary), on (the default floor), or a channel "
                         "floor N (ops.BOUNDARY_MIN_CHANNELS=N); the first is the baseline")
     p.add_argument("--json", default="")
+    p.add_argument("--flag", default="CPU_CONV_INPUT_BOUNDARY",
+                   help="the boolean switch of cnn_jax.ops that the variants off/on set")
     args = p.parse_args()
     if min(args.batch, args.steps, args.rounds) < 1:
         raise SystemExit("ERROR: --batch, --steps and --rounds must be >= 1")
@@ -61,9 +64,12 @@ def main() -> None:
              "label": jnp.asarray(rng.integers(0, num_classes, args.batch).astype(np.int32))}
 
     default_floor = ops.BOUNDARY_MIN_CHANNELS
+    if not isinstance(getattr(ops, args.flag, None), bool) or not args.flag.startswith("CPU_"):
+        raise SystemExit(f"ERROR: --flag={args.flag!r} is not a CPU_* switch of cnn_jax.ops")
+    default_on = getattr(ops, args.flag)
     variants = {}
     for v in args.variants.split(","):
-        if v not in ("off", "on") and not v.isdigit():
+        if v not in ("off", "on") and not (v.isdigit() and args.flag == "CPU_CONV_INPUT_BOUNDARY"):
             raise SystemExit(f"ERROR: --variants={args.variants!r}: {v!r} is not off, on or a "
                              "channel count")
         variants[v] = (v != "off", default_floor if v in ("off", "on") else int(v))
@@ -71,7 +77,8 @@ def main() -> None:
         raise SystemExit(f"ERROR: --variants={args.variants!r}: give at least two distinct ones")
     fns, states, hlo_counts, compile_s = {}, {}, {}, {}
     for name, (on, floor) in variants.items():
-        ops.CPU_CONV_INPUT_BOUNDARY, ops.BOUNDARY_MIN_CHANNELS = on, floor
+        setattr(ops, args.flag, on)
+        ops.BOUNDARY_MIN_CHANNELS = floor
         state = init()
         if args.mode == "train":
             fn = jax.jit(lambda s, b: train_step(s, b), donate_argnums=0)
@@ -89,7 +96,8 @@ def main() -> None:
         fns[name] = compiled
         states[name], _ = compiled(arg, batch)  # warm-up call
         jax.block_until_ready(states[name])
-    ops.CPU_CONV_INPUT_BOUNDARY, ops.BOUNDARY_MIN_CHANNELS = True, default_floor
+    setattr(ops, args.flag, default_on)
+    ops.BOUNDARY_MIN_CHANNELS = default_floor
 
     losses = {}
     if args.mode == "train":
@@ -121,7 +129,9 @@ def main() -> None:
                                 f"max {max(r):.2f})" for n, r in ratios.items()))
     print(f"HLO: {hlo_counts}; compile s: { {k: round(v, 1) for k, v in compile_s.items()} }")
     if losses:
-        print(f"loss after the same steps: {losses} -> {'equal' if same else 'DIFFERENT'}")
+        spread = max(losses.values()) - min(losses.values())
+        print(f"loss after the same steps: {losses} -> "
+              f"{'equal' if same else f'differ by {spread:.3g}'}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "rates": rates, "ratios": ratios, "losses": losses,

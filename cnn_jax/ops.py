@@ -1,4 +1,4 @@
-"""Faster formulations of two ops for the XLA CPU backend, chosen from a profile (issue 7).
+"""Faster formulations of convolution and pooling for the XLA CPU backend, chosen from a profile (issue 7).
 
 Profile (LeNet-5 train step, batch 128, 2-core CPU, jax 0.10.2; benchmarks/RESULTS.md):
 - A convolution with few input channels (LeNet's 1 -> 6, 5x5) runs at ~1 GMAC/s in XLA:CPU's
@@ -22,11 +22,17 @@ Profile (LeNet-5 train step, batch 128, 2-core CPU, jax 0.10.2; benchmarks/RESUL
   ResNet-20 training 1.38x, ResNet-56 2.18x, ResNet-56 at widths 8/16/32 1.47x (1.11x with the
   8-channel stage left out), inference unchanged; on LeNet-5, whose one XLA convolution has 6
   input channels fed by a pooling, it cost 6%, hence the floor of 8 channels.
+- The input gradient of a convolution with few input channels (LeNet's conv2, 6 -> 16, 5x5) is
+  an Eigen transposed convolution with few output features: 3.1 ms of a ~10 ms LeNet-5 step.
+  Written as one dot over the output channels (to kh*kw*c_in columns per pixel) and a col2im
+  that XLA fuses into one loop, it takes 1.3 ms while the column tensor fits in the caches; past
+  ~10-20 MB it is slower, hence COL2IM_MAX_BYTES. LeNet-5 training 1.12x (issue 15). Equal to
+  XLA's gradient to float32 rounding; the weight gradient stays XLA's.
 `conv_general_dilated` is the drop-in `lax.conv_general_dilated` that `layers.Conv` uses: it takes
-the shifted-slice form only on the CPU backend and only for small stride-1 convolutions, and
-`lax.conv_general_dilated` (behind the boundary on the CPU backend) for everything else.
-Nothing in jax, flax or XLA offers either formulation or the boundary as an option, hence this
-module.
+the shifted-slice form or the col2im input gradient only on the CPU backend and only for small
+stride-1 convolutions, and `lax.conv_general_dilated` (behind the boundary on the CPU backend) for
+everything else. Nothing in jax, flax or XLA offers these formulations or the boundary as an
+option, hence this module.
 """
 
 from __future__ import annotations
@@ -48,6 +54,12 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 # trace time; benchmarks/ab_conv_boundary.py compares both settings).
 CPU_CONV_INPUT_BOUNDARY = True
 BOUNDARY_MIN_CHANNELS = 8
+# Input gradient as one dot plus a col2im for stride-1 convolutions with at most this many input
+# channels and a column tensor of at most this many bytes (LeNet conv2 at batch 128: 6 channels,
+# 7.7 MB), where XLA's transposed convolution is slow; read at trace time.
+CPU_COL2IM_INPUT_GRAD = True
+COL2IM_MAX_CHANNELS = 8
+COL2IM_MAX_BYTES = 12 * 2**20
 
 
 def _is_nhwc(dimension_numbers: Any) -> bool:
@@ -93,10 +105,10 @@ def _shifted_conv_bwd(pads, saved, g):
 _shifted_conv.defvjp(_shifted_conv_fwd, _shifted_conv_bwd)
 
 
-def use_shifted_conv(lhs_shape: Sequence[int], rhs_shape: Sequence[int], window_strides: Any,
-                     padding: Any, lhs_dilation: Any, rhs_dilation: Any, dimension_numbers: Any,
-                     feature_group_count: int) -> bool:
-    """Whether `conv_general_dilated` takes the shifted-slice form for these arguments."""
+def _plain_stride1_nhwc(rhs_shape: Sequence[int], window_strides: Any, padding: Any,
+                        lhs_dilation: Any, rhs_dilation: Any, dimension_numbers: Any,
+                        feature_group_count: int) -> bool:
+    """A CPU-backend NHWC convolution with stride 1, no dilation, no groups, explicit padding."""
     if jax.default_backend() != "cpu" or not _is_nhwc(dimension_numbers):
         return False
     if len(rhs_shape) != 4 or feature_group_count != 1:
@@ -106,10 +118,77 @@ def use_shifted_conv(lhs_shape: Sequence[int], rhs_shape: Sequence[int], window_
     for dilation in (lhs_dilation, rhs_dilation):
         if dilation is not None and any(v != 1 for v in dilation):
             return False
-    if isinstance(padding, str) or len(padding) != 2:
+    return not isinstance(padding, str) and len(padding) == 2
+
+
+def use_shifted_conv(lhs_shape: Sequence[int], rhs_shape: Sequence[int], window_strides: Any,
+                     padding: Any, lhs_dilation: Any, rhs_dilation: Any, dimension_numbers: Any,
+                     feature_group_count: int) -> bool:
+    """Whether `conv_general_dilated` takes the shifted-slice form for these arguments."""
+    if not _plain_stride1_nhwc(rhs_shape, window_strides, padding, lhs_dilation, rhs_dilation,
+                               dimension_numbers, feature_group_count):
         return False
     kh, kw, cin, _ = rhs_shape
     return kh * kw * cin <= MAX_SHIFTED_TERMS
+
+
+def _col2im_input_grad(g: jax.Array, w: jax.Array, pads: tuple[tuple[int, int], ...],
+                       in_hw: tuple[int, int]) -> jax.Array:
+    """The input gradient of a stride-1 NHWC convolution as one contraction and a col2im.
+
+    cols[n, h, w, i, j, c] = sum_o g[n, h, w, o] * w[i, j, c, o] is one dot over the output
+    channels; input pixel (h + i, w + j) of the padded input then receives cols[n, h, w, i, j]: a
+    sum of kh * kw padded slices, which XLA fuses into one loop. The padding is cropped at the end.
+    """
+    kh, kw, _, _ = w.shape
+    (pt, pb), (pl, pr) = pads
+    hp, wp = in_hw[0] + pt + pb, in_hw[1] + pl + pr
+    ho, wo = g.shape[1], g.shape[2]
+    acc_dtype = jnp.promote_types(g.dtype, jnp.float32)
+    cols = jnp.einsum("nhwo,ijco->nhwijc", g.astype(acc_dtype), w.astype(acc_dtype))
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            term = jnp.pad(cols[:, :, :, i, j, :],
+                           ((0, 0), (i, hp - ho - i), (j, wp - wo - j), (0, 0)))
+            out = term if out is None else out + term
+    return out[:, pt:pt + in_hw[0], pl:pl + in_hw[1], :].astype(g.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _col2im_conv(x: jax.Array, w: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
+    return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=_NHWC)
+
+
+def _col2im_conv_fwd(x, w, pads):
+    return _col2im_conv(x, w, pads), (x, w)
+
+
+def _col2im_conv_bwd(pads, saved, g):
+    x, w = saved
+    _, w_vjp = jax.vjp(
+        lambda w: lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=_NHWC), w)
+    return _col2im_input_grad(g, w, pads, x.shape[1:3]), w_vjp(g)[0]
+
+
+_col2im_conv.defvjp(_col2im_conv_fwd, _col2im_conv_bwd)
+
+
+def use_col2im_input_grad(lhs_shape: Sequence[int], rhs_shape: Sequence[int], window_strides: Any,
+                          padding: Any, lhs_dilation: Any, rhs_dilation: Any,
+                          dimension_numbers: Any, feature_group_count: int) -> bool:
+    """Whether `conv_general_dilated` takes the col2im input gradient for these arguments."""
+    if not _plain_stride1_nhwc(rhs_shape, window_strides, padding, lhs_dilation, rhs_dilation,
+                               dimension_numbers, feature_group_count):
+        return False
+    if any(lo < 0 or hi < 0 for lo, hi in padding):
+        return False
+    kh, kw, cin, _ = rhs_shape
+    if kh * kw * cin <= MAX_SHIFTED_TERMS or cin > COL2IM_MAX_CHANNELS:
+        return False
+    (pt, pb), (pl, pr) = padding
+    ho, wo = lhs_shape[1] + pt + pb - kh + 1, lhs_shape[2] + pl + pr - kw + 1
+    return ho > 0 and wo > 0 and lhs_shape[0] * ho * wo * kh * kw * cin * 4 <= COL2IM_MAX_BYTES
 
 
 def conv_input_boundary(x: jax.Array) -> jax.Array:
@@ -136,6 +215,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                        feature_group_count):
         pads = tuple((int(lo), int(hi)) for lo, hi in padding)
         return _shifted_conv(lhs, rhs, pads)
+    if not kwargs and precision is None and CPU_COL2IM_INPUT_GRAD and use_col2im_input_grad(
+            lhs.shape, rhs.shape, window_strides, padding, lhs_dilation, rhs_dilation,
+            dimension_numbers, feature_group_count):
+        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+        return _col2im_conv(lhs, rhs, pads)
     if (CPU_CONV_INPUT_BOUNDARY and jax.default_backend() == "cpu" and _is_nhwc(dimension_numbers)
             and lhs.shape[-1] >= BOUNDARY_MIN_CHANNELS):
         lhs = conv_input_boundary(lhs)

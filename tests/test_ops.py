@@ -151,3 +151,43 @@ def test_conv_input_boundary_keeps_nan_and_empty_inputs():
     z = jax.jit(ops.conv_input_boundary)(jnp.array([1.0, -0.0]))  # predicate true: x as it is
     assert np.signbit(z[1])
     assert ops.conv_input_boundary(jnp.zeros((0, 3))).shape == (0, 3)
+
+
+@pytest.mark.parametrize("shape,kernel,pads", [
+    ((4, 14, 14, 6), (5, 5, 6, 16), ((0, 0), (0, 0))),  # LeNet conv2
+    ((3, 9, 7, 4), (3, 3, 4, 5), ((1, 1), (1, 1))),     # padded, non-square input
+    ((2, 8, 8, 5), (4, 3, 5, 3), ((0, 2), (1, 0))),      # asymmetric padding and kernel
+])
+def test_col2im_input_gradient_matches_xla(shape, kernel, pads):
+    kx, kw, kg = jax.random.split(jax.random.PRNGKey(6), 3)
+    x = jax.random.normal(kx, shape)
+    w = jax.random.normal(kw, kernel)
+    dims = lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
+    assert ops.use_col2im_input_grad(x.shape, w.shape, (1, 1), pads, None, None, dims, 1)
+    assert not ops.use_shifted_conv(x.shape, w.shape, (1, 1), pads, None, None, dims, 1)
+    got = ops.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=dims)
+    want = _ref_conv(x, w, pads)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    g = jax.random.normal(kg, want.shape)
+    got_grads = jax.grad(lambda x, w: jnp.sum(ops.conv_general_dilated(
+        x, w, (1, 1), pads, dimension_numbers=dims) * g), argnums=(0, 1))(x, w)
+    want_grads = jax.grad(lambda x, w: jnp.sum(_ref_conv(x, w, pads) * g), argnums=(0, 1))(x, w)
+    for a, b in zip(got_grads, want_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    # and the custom VJP is really in the graph: its backward holds the column contraction
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(ops.conv_general_dilated(
+        x, w, (1, 1), pads, dimension_numbers=dims) * g)))(x))
+    assert "custom_vjp_call" in jaxpr
+
+
+def test_col2im_input_gradient_only_where_it_pays():
+    dims = lax.conv_dimension_numbers((1, 8, 8, 6), (3, 3, 6, 4), NHWC)
+    pads = ((1, 1), (1, 1))
+    use = ops.use_col2im_input_grad
+    assert use((128, 14, 14, 6), (5, 5, 6, 16), (1, 1), ((0, 0), (0, 0)), None, None, dims, 1)
+    assert not use((1, 8, 8, 16), (3, 3, 16, 4), (1, 1), pads, None, None, dims, 1)  # channels
+    assert not use((1, 8, 8, 1), (5, 5, 1, 4), (1, 1), pads, None, None, dims, 1)  # shifted form
+    assert not use((1, 8, 8, 6), (3, 3, 6, 4), (2, 2), pads, None, None, dims, 1)  # stride
+    assert not use((1, 8, 8, 6), (3, 3, 6, 4), (1, 1), "SAME", None, None, dims, 1)
+    # 128 x 32 x 32 x 8 at 3x3: a 37 MB column tensor, where XLA's transposed conv is faster
+    assert not use((128, 32, 32, 8), (3, 3, 8, 8), (1, 1), pads, None, None, dims, 1)
