@@ -101,6 +101,24 @@ def test_tensorboard_scalars_and_hparams_are_readable(tmp_path):
         "seed": 3.0, "optim.lr": 0.1, "optim.nesterov": True, "model.widths": "[4, 8]"}
 
 
+def test_local_tensorboard_files_do_not_import_tensorflow(tmp_path):
+    """TensorBoard's own writer imports TensorFlow (2.4 s at every launch) when it is installed;
+    the local-file writer must not, and its events must read back."""
+    pytest.importorskip("tensorflow")  # without TensorFlow there is nothing to avoid
+    code = (
+        "import sys\n"
+        "from cnn_jax.train import metrics\n"
+        f"logger = metrics.MetricsLogger({str(tmp_path)!r}, hparams={{'seed': 1}})\n"
+        "logger.write({'step': 1, 'split': 'train', 'loss': 0.5})\n"
+        "logger.close()\n"
+        "print('tensorflow' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "False"
+    assert [e.value for e in _accumulator(tmp_path / "tensorboard" / "train").Scalars("loss")] == [0.5]
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny finished run with 10 classes, evaluated again with --mode=eval."""

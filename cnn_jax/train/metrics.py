@@ -89,14 +89,50 @@ def hparams_of(cfg_dict: dict) -> dict[str, bool | int | float | str]:
     return out
 
 
+class _LocalEventFile:
+    """A TensorBoard event file on a local disk: TensorBoard's record format over a plain file.
+
+    TensorBoard's `EventFileWriter` creates its file through `tf.io.gfile`, and with TensorFlow
+    installed that imports TensorFlow: 2.4 s on the critical path of every (re)launch, before
+    the first step (issue 15). A local file needs no gfile, so this writes the same records
+    (TensorBoard's `RecordWriter`) to an ordinary file, flushed after every event.
+    """
+
+    def __init__(self, logdir: str):
+        import socket
+
+        from tensorboard.compat.proto import event_pb2
+        from tensorboard.summary.writer.record_writer import RecordWriter
+        os.makedirs(logdir, exist_ok=True)
+        name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+                f"{os.getpid()}.{id(self)}")
+        self._file = open(os.path.join(logdir, name), "wb")
+        self._records = RecordWriter(self._file)
+        self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def add_event(self, event: Any) -> None:
+        self._records.write(event.SerializeToString())
+        self._file.flush()
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class _EventWriter:
-    """One TensorBoard event file written with TensorBoard's own writer (no TensorFlow needed)."""
+    """One TensorBoard event file written with TensorBoard's own record format: directly for a
+    local directory, through TensorBoard's `EventFileWriter` (tf.io.gfile) for a remote one."""
 
     def __init__(self, logdir: str):
         from tensorboard.compat.proto import event_pb2, summary_pb2
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
         self._event, self._summary = event_pb2.Event, summary_pb2.Summary
-        self._writer = EventFileWriter(logdir)
+        if "://" in logdir:
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
+            self._writer = EventFileWriter(logdir)
+        else:
+            self._writer = _LocalEventFile(logdir)
 
     def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
         values = [self._summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
