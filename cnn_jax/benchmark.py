@@ -11,7 +11,8 @@ CPU). The training step is the engine's `cnn_jax.train.steps.train_step` on the 
 `TrainState`, so the figures are those of the step that training runs.
 
 CPU speed knobs (see benchmarks/RESULTS.md): `--xla_flags` (default: `RECOMMENDED_CPU_XLA_FLAGS`,
-which only touch the XLA CPU compiler) and `--steps_per_dispatch` (lax.scan over k steps per call).
+which only touch the XLA CPU compiler), `--keep_host_buffers` (default on: glibc malloc settings,
+cnn_jax/host_memory.py) and `--steps_per_dispatch` (lax.scan over k steps per call).
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def define_flags() -> None:
     flags.DEFINE_string("xla_flags", "auto",
                         "Appended to $XLA_FLAGS before the backend starts; 'auto' = "
                         "RECOMMENDED_CPU_XLA_FLAGS, '' = none.")
+    flags.DEFINE_bool("keep_host_buffers", True,
+                      "cnn_jax.host_memory.keep_host_buffers() first, as launch.py does.")
     flags.DEFINE_string("cache_dir", "",
                         "Persistent compilation cache directory ('' = off). A second run with the "
                         "same directory shows the first step of a re-launched run.")
@@ -221,7 +224,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     import jax.numpy as jnp
     import optax
 
-    from cnn_jax import models
+    from cnn_jax import host_memory, models
 
     h, w, c = models.default_input_shape(cfg.model)
     if cfg.image_size > 0:
@@ -249,6 +252,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "optax": optax.__version__, "python": platform.python_version(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "cache_dir": jax.config.jax_compilation_cache_dir or "",
+        "keep_host_buffers": host_memory.kept(),
         "loadavg_start": round(os.getloadavg()[0], 2),
     }
 
@@ -350,6 +354,10 @@ def format_table(r: dict[str, Any]) -> str:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.keep_host_buffers:
+        from cnn_jax import host_memory
+
+        host_memory.keep_host_buffers()
     apply_xla_flags(FLAGS.xla_flags)
     if FLAGS.cache_dir:
         from cnn_jax import files

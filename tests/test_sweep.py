@@ -307,9 +307,9 @@ def test_launch_py_sweep_dry_run_prints_eight_commands(tmp_path):
 
 
 def test_launcher_flags_reach_every_point_or_are_refused_in_one_line(tmp_path):
-    """--force, --extend and --xla_cpu_flags are passed on to every point's command (the dry
-    run prints the commands the sweep runs, locally or as SLURM jobs); flags that cannot apply
-    to a sweep are one ERROR line, not silently dropped."""
+    """--force, --extend, --xla_cpu_flags and --keep_host_buffers are passed on to every point's
+    command (the dry run prints the commands the sweep runs, locally or as SLURM jobs); flags
+    that cannot apply to a sweep are one ERROR line, not silently dropped."""
     import subprocess
 
     def launch(*flags):
@@ -318,14 +318,16 @@ def test_launcher_flags_reach_every_point_or_are_refused_in_one_line(tmp_path):
              f"--workdir={tmp_path / 's'}", "--sweep_dry_run", *flags],
             cwd=REPO, capture_output=True, text=True, timeout=120)
 
-    out = launch("--force", "--xla_cpu_flags=--xla_cpu_use_thunk_runtime=false", "--extend")
+    out = launch("--force", "--xla_cpu_flags=--xla_cpu_use_thunk_runtime=false", "--extend",
+                 "--keep_host_buffers=false")
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("python -m cnn_jax ")]
     assert len(lines) == 2
     for line in lines:
         argv = shlex.split(line)
-        assert argv[-3:] == ["--force", "--extend",
-                             "--xla_cpu_flags=--xla_cpu_use_thunk_runtime=false"], argv
+        assert argv[-4:] == ["--force", "--extend",
+                             "--xla_cpu_flags=--xla_cpu_use_thunk_runtime=false",
+                             "--nokeep_host_buffers"], argv
     for flags, says in ((["--mode=eval"], "--mode cannot be used with --sweep"),
                         (["--multihost"], "--multihost cannot be used with --sweep"),
                         (["--images=a.png"], "--images cannot be used with --sweep"),

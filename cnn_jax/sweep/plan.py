@@ -174,7 +174,7 @@ def preflight(config_arg: str, points: Sequence[Point], overrides: Sequence[str]
 
 # Launcher flags other than --config.*: those a sweep passes on to every point's command (they
 # mean there what they mean for one run), and those that cannot apply to a sweep (refused).
-PASSED_ON = ("force", "extend", "xla_cpu_flags")
+PASSED_ON = ("force", "extend", "xla_cpu_flags", "keep_host_buffers")
 NOT_FOR_SWEEPS = {
     "mode": "a sweep trains its points; evaluate or predict with one point's directory: "
             "--mode=eval --workdir=DIR/POINT",
