@@ -5,11 +5,15 @@
 #   ROUNDS=5 TORCH_COMPILE=1 bash benchmarks/compare.sh
 #   MODELS="resnet20 lenet5" bash benchmarks/compare.sh   # a subset
 #   TINY=1 bash benchmarks/compare.sh     # seconds-long smoke run (batch 8, 2 steps)
+#   TORCH_KEPT=1 bash benchmarks/compare.sh   # also PyTorch with cnn_jax's malloc settings
 #
 # Measurements are interleaved (jax, torch, jax, torch, ...) and medians taken, so that load from
 # other processes on a shared machine hits both sides alike. Every run of cnn_jax uses the same
 # fresh persistent compilation cache: round 1 shows a cold start, rounds >= 2 the first step of a
 # re-launched run. Extra cnn_jax flags (e.g. --steps_per_dispatch=4) go in JAX_ARGS.
+# cnn_jax runs with its defaults, which include --keep_host_buffers (glibc malloc settings,
+# cnn_jax/host_memory.py); PyTorch runs as installed. TORCH_KEPT=1 adds a third side, PyTorch with
+# the same malloc settings, so that the table also gives the like-for-like ratio.
 # resnet20 is also the CNN of experiments/mlp_vs_cnn_cifar10.py. The table ends with the targets
 # of issue 15 (training ratios, first step of a re-launched run) and whether each was met, and the
 # CPU's model and SIMD flags from lscpu, since the machine's CPU changes from day to day.
@@ -20,6 +24,7 @@ PY=${PY:-.venv/bin/python}
 ROUNDS=${ROUNDS:-3}
 JAX_ARGS=${JAX_ARGS:-}
 TORCH_COMPILE=${TORCH_COMPILE:-0}
+TORCH_KEPT=${TORCH_KEPT:-0}
 OUT=${OUT:-$(mktemp -d /tmp/cnn_jax_compare.XXXXXX)}
 mkdir -p "$OUT"
 CACHE="$OUT/jax_cache"
@@ -60,6 +65,11 @@ for case in "${CASES[@]}"; do
     "$PY" benchmarks/torch_baseline.py --model="$model" --batch="$batch" --steps="$steps" \
       --repeats="$REPEATS" --json 2>>"$OUT/stderr.log" \
       | "$PY" -c "import json,sys; d=json.load(sys.stdin); d.update(side='torch', round=$round); print(json.dumps(d))" >> "$LOG"
+    if [ "$TORCH_KEPT" = "1" ]; then
+      "$PY" benchmarks/torch_baseline.py --model="$model" --batch="$batch" --steps="$steps" \
+        --repeats="$REPEATS" --keep_host_buffers --json 2>>"$OUT/stderr.log" \
+        | "$PY" -c "import json,sys; d=json.load(sys.stdin); d.update(side='torch_kept', round=$round); print(json.dumps(d))" >> "$LOG"
+    fi
     if [ "$TORCH_COMPILE" = "1" ]; then
       "$PY" benchmarks/torch_baseline.py --model="$model" --batch="$batch" --steps="$steps" \
         --repeats="$REPEATS" --compile --json 2>>"$OUT/stderr.log" \
@@ -75,7 +85,8 @@ rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 med = lambda xs: statistics.median(xs) if xs else float("nan")
 first = rows[0]
 print(f"\ncnn_jax vs PyTorch, one machine, interleaved runs (medians over rounds)")
-print(f"jax {first.get('jax')}  XLA_FLAGS={first.get('xla_flags')!r}")
+print(f"jax {first.get('jax')}  XLA_FLAGS={first.get('xla_flags')!r}  "
+      f"keep_host_buffers={first.get('keep_host_buffers')}")
 torch_row = next((r for r in rows if r["side"] == "torch"), {})
 print(f"torch {torch_row.get('torch')} ({torch_row.get('threads')} threads)")
 loads = [r[k] for r in rows for k in ("loadavg_start", "loadavg_end")]
@@ -111,6 +122,12 @@ for model in dict.fromkeys(r["model"] for r in rows):
           f"{ji:>15,.1f} | {ti:>17,.1f} | {ji / ti:>10.2f}x | "
           f"{med(cold):>14.2f} / {relaunch:>15.2f} | {tf:>16.2f} | "
           f"{jf / tf:>13.2f}x | {jc:>9.0f} / {tc:>11.0f} |")
+    tk_rows = [r for r in rows if r["model"] == model and r["side"] == "torch_kept"]
+    if tk_rows:
+        tkt = med([r["train_img_per_s"] for r in tk_rows])
+        tki = med([r["infer_img_per_s"] for r in tk_rows])
+        print(f"|   vs PyTorch with the same malloc settings: train {tkt:,.1f} img/s, ratio "
+              f"{jt / tkt:.2f}x; infer {tki:,.1f} img/s, ratio {ji / tki:.2f}x")
     tc_rows = [r for r in rows if r["model"] == model and r["side"] == "torch_compile"]
     if tc_rows:
         tct = med([r["train_img_per_s"] for r in tc_rows])

@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> dict:
               "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                               else platform.processor() or "cpu"),
               "threads": torch.get_num_threads(), "channels_last": channels_last,
-              "steps": args.steps, "repeats": args.repeats, "python": platform.python_version(),
+              "keep_host_buffers": args.keep_host_buffers, "steps": args.steps, "repeats": args.repeats, "python": platform.python_version(),
               "loadavg_start": round(os.getloadavg()[0], 2)}
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -289,12 +289,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--channels_last", type=lambda s: s.lower() in ("1", "true", "yes"),
                    default=None, help="memory format (default: on for CUDA)")
+    p.add_argument("--keep_host_buffers", action="store_true",
+                   help="the glibc malloc settings cnn_jax uses by default "
+                        "(cnn_jax.host_memory), applied before torch allocates anything")
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
 
 
 def main() -> None:
     args = parse_args()
+    if args.keep_host_buffers:  # a like-for-like baseline for cnn_jax's default
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+        from cnn_jax import host_memory
+        if not host_memory.keep_host_buffers():
+            sys.exit("error: --keep_host_buffers needs glibc (Linux)")
     try:
         result = run(args)
     except ValueError as e:
