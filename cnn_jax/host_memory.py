@@ -5,9 +5,11 @@ packing buffers (75 MB for a 3x3, 16-channel convolution on 128x32x32 images) wi
 XLA's pool threads, every step. glibc serves a request that large in a thread's arena by a fresh
 `mmap` and gives it back with `munmap` at `free`, whatever M_MMAP_THRESHOLD says, so every step
 maps, zero-fills and unmaps the same memory again: on a ResNet-20 training step (batch 128, 2-core
-AMD EPYC) 74,000 page faults and 0.15 CPU-s of kernel time, a fifth of the step's CPU time
+AMD EPYC) 74,000 page faults and 0.17 CPU-s of kernel time, a fifth of the step's CPU time
 (benchmarks/RESULTS.md, issue 15). With one malloc arena, `mmap` off and no trimming, freed
-blocks are kept and reused: the step ran 1.25x faster, its peak resident memory 0.5 GB higher.
+blocks are kept and reused: ResNet-20 training on CIFAR-10 ran 1.30x faster in the trainer and
+1.07x in the benchmark (page faults 2.57M -> 0.40M per process), at about twice the peak
+resident memory (0.9 -> 1.7 GB for ResNet-20; 1.6 -> 3.4 GB for ResNet-56).
 
 `keep_host_buffers` sets those three glibc parameters with `mallopt` (through ctypes); on other
 C libraries and systems it does nothing. Nothing in jax, XLA or the Python standard library sets

@@ -26,8 +26,9 @@ Profile (LeNet-5 train step, batch 128, 2-core CPU, jax 0.10.2; benchmarks/RESUL
   an Eigen transposed convolution with few output features: 3.1 ms of a ~10 ms LeNet-5 step.
   Written as one dot over the output channels (to kh*kw*c_in columns per pixel) and a col2im
   that XLA fuses into one loop, it takes 1.3 ms while the column tensor fits in the caches; past
-  ~10-20 MB it is slower, hence COL2IM_MAX_BYTES. LeNet-5 training 1.12x (issue 15). Equal to
-  XLA's gradient to float32 rounding; the weight gradient stays XLA's.
+  ~20-30 MB it is slower, hence COL2IM_MAX_BYTES (benchmarks/probe_col2im.py). LeNet-5 training
+  1.07x in an interleaved A/B (issue 15). Equal to XLA's gradient to float32 rounding; the
+  weight gradient stays XLA's.
 `conv_general_dilated` is the drop-in `lax.conv_general_dilated` that `layers.Conv` uses: it takes
 the shifted-slice form or the col2im input gradient only on the CPU backend and only for small
 stride-1 convolutions, and `lax.conv_general_dilated` (behind the boundary on the CPU backend) for
