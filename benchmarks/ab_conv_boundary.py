@@ -64,8 +64,9 @@ def main() -> None:
              "label": jnp.asarray(rng.integers(0, num_classes, args.batch).astype(np.int32))}
 
     default_floor = ops.BOUNDARY_MIN_CHANNELS
-    if not isinstance(getattr(ops, args.flag, None), bool) or not args.flag.startswith("CPU_"):
-        raise SystemExit(f"ERROR: --flag={args.flag!r} is not a CPU_* switch of cnn_jax.ops")
+    if not isinstance(getattr(ops, args.flag, None), bool) or not args.flag.isupper():
+        raise SystemExit(f"ERROR: --flag={args.flag!r} is not a boolean switch of cnn_jax.ops "
+                         "(CPU_CONV_INPUT_BOUNDARY, CPU_COL2IM_INPUT_GRAD, FIRST_MAX_POOL_GRAD)")
     default_on = getattr(ops, args.flag)
     variants = {}
     for v in args.variants.split(","):

@@ -7,9 +7,13 @@ Profile (LeNet-5 train step, batch 128, 2-core CPU, jax 0.10.2; benchmarks/RESUL
   numbers to float32 rounding. Its gradient keeps XLA's convolution transposes (fast here).
 - Max pooling's gradient (`select_and_scatter`) costs ~10 CPU-ms per 128x28x28x6 pooling; for
   non-overlapping windows (window == stride, no padding, sizes divisible) a reshape + max gives
-  the same output and a 2.4x cheaper gradient (an equality mask). Where a window holds several
-  equal maxima, the gradient is split between them (jnp.max's rule) rather than sent to the first
-  one; both are valid subgradients.
+  the same output. Its custom VJP keeps, from the forward pass, the window position of the first
+  maximum (int8) and sends the gradient there, as `select_and_scatter` does: one elementwise pass.
+  jnp.max's own rule splits the gradient between equal maxima instead, and on real images equal
+  maxima are common (a constant background gives equal conv outputs): over 60 LeNet-5 steps on
+  Fashion-MNIST its losses drifted up to 0.19 from those of XLA's reduce_window pooling, while
+  the first-maximum rule matched them bit for bit (benchmarks/RESULTS.md, issue 15); it was also
+  1.17x faster per LeNet-5 training step.
 - A weight gradient on XLA:CPU is an Eigen convolution over the layer's input transposed to
   (C, H, W, N). XLA fuses the input's elementwise producers (BatchNorm, ReLU, residual adds) into
   that transpose and recomputes them there, at a transposed access pattern: on ResNet-20 the
@@ -59,6 +63,9 @@ BOUNDARY_MIN_CHANNELS = 8
 # channels and a column tensor of at most this many bytes (LeNet conv2 at batch 128: 6 channels,
 # 7.7 MB), where XLA's transposed convolution is slow; read at trace time.
 CPU_COL2IM_INPUT_GRAD = True
+# Max pooling's gradient to the first maximum of a window, as XLA's reduce_window gradient
+# (False: jnp.max's rule, split between equal maxima; kept for benchmarks/ab_conv_boundary.py).
+FIRST_MAX_POOL_GRAD = True
 COL2IM_MAX_CHANNELS = 8
 COL2IM_MAX_BYTES = 12 * 2**20
 
@@ -230,6 +237,36 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                     **kwargs)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _window_max(xr: jax.Array, kh: int, kw: int) -> jax.Array:
+    """Max over axes 2 and 4 (of sizes kh, kw) of a (B, H/kh, kh, W/kw, kw, C) tensor."""
+    return xr.max(axis=(2, 4))
+
+
+def _window_max_fwd(xr, kh, kw):
+    if jax.default_backend() == "cpu":  # computed once, not inside both reductions below
+        xr = conv_input_boundary(xr)
+    y = xr.max(axis=(2, 4))
+    position = (lax.broadcasted_iota(jnp.int32, xr.shape, 2) * kw
+                + lax.broadcasted_iota(jnp.int32, xr.shape, 4))
+    # the window position (row-major) of the first maximum: all the backward pass needs
+    first = jnp.where(xr == y[:, :, None, :, None, :], position, kh * kw).min(axis=(2, 4))
+    return y, first.astype(jnp.int8 if kh * kw < 127 else jnp.int32)
+
+
+def _window_max_bwd(kh, kw, first, g):
+    """The gradient to the first maximum of each window in row-major order, as XLA's
+    `select_and_scatter` (reduce_window's gradient) sends it; one elementwise pass."""
+    shape = (g.shape[0], g.shape[1], kh, g.shape[2], kw, g.shape[3])
+    position = (lax.broadcasted_iota(jnp.int32, shape, 2) * kw
+                + lax.broadcasted_iota(jnp.int32, shape, 4))
+    hit = position == first.astype(jnp.int32)[:, :, None, :, None, :]
+    return (jnp.where(hit, g[:, :, None, :, None, :], jnp.zeros((), g.dtype)),)
+
+
+_window_max.defvjp(_window_max_fwd, _window_max_bwd)
+
+
 def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
              padding: Sequence[tuple[int, int]]) -> jax.Array:
     """Max pooling over NHWC; reshape + max for non-overlapping, unpadded, dividing windows."""
@@ -237,5 +274,6 @@ def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
     if (tuple(window) == tuple(strides) and all(p == (0, 0) for p in map(tuple, padding))
             and h % window[0] == 0 and w % window[1] == 0):
         kh, kw = window
-        return x.reshape(b, h // kh, kh, w // kw, kw, c).max(axis=(2, 4))
+        xr = x.reshape(b, h // kh, kh, w // kw, kw, c)
+        return _window_max(xr, kh, kw) if FIRST_MAX_POOL_GRAD else xr.max(axis=(2, 4))
     return nn.max_pool(x, window, strides, padding=padding)

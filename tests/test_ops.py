@@ -91,12 +91,20 @@ def test_max_pool_matches_flax_values_and_gradients(shape, window, strides, pads
     np.testing.assert_allclose(gx, wx, rtol=1e-6, atol=1e-6)
 
 
-def test_max_pool_gradient_with_ties_is_a_subgradient():
-    x = jnp.zeros((1, 4, 4, 1)).at[0, 0, 0, 0].set(1.0)   # three windows of equal zeros
-    gx = jax.grad(lambda x: ops.max_pool(x, (2, 2), (2, 2), ((0, 0), (0, 0))).sum())(x)
-    windows = np.asarray(gx).reshape(2, 2, 2, 2).transpose(0, 2, 1, 3).reshape(4, 4)
-    np.testing.assert_allclose(windows.sum(axis=1), np.ones(4))  # each window passes 1 back
-    assert gx[0, 0, 0, 0] == 1.0
+@pytest.mark.parametrize("x", [
+    jnp.zeros((1, 4, 4, 1)).at[0, 0, 0, 0].set(1.0),              # three windows of equal zeros
+    jnp.ones((2, 6, 6, 3)),                                       # every window a tie
+    jnp.round(jax.random.normal(jax.random.PRNGKey(7), (2, 8, 6, 4))),  # ties among integers
+])
+def test_max_pool_gradient_with_ties_goes_to_the_first_maximum_as_xla(x):
+    """Ties are common on real images (a constant background); the gradient must go where XLA's
+    reduce_window gradient sends it, to the first maximum of each window in row-major order."""
+    g = jax.random.normal(jax.random.PRNGKey(8), (x.shape[0], x.shape[1] // 2, x.shape[2] // 2,
+                                                 x.shape[3]))
+    pads = ((0, 0), (0, 0))
+    got = jax.grad(lambda x: jnp.sum(ops.max_pool(x, (2, 2), (2, 2), pads) * g))(x)
+    want = jax.grad(lambda x: jnp.sum(nn.max_pool(x, (2, 2), (2, 2), padding=pads) * g))(x)
+    np.testing.assert_array_equal(got, want)
 
 
 def _block_loss(x, w1, w2, scale):
