@@ -17,17 +17,12 @@ def _ref_conv(x, w, pads):
                                     precision=lax.Precision.HIGHEST)
 
 
-@pytest.mark.parametrize("shape,kernel,pads", [
-    ((4, 28, 28, 1), (5, 5, 1, 6), ((2, 2), (2, 2))),   # LeNet conv1
-    ((3, 9, 7, 3), (3, 3, 3, 16), ((1, 1), (1, 1))),    # an RGB stem
-    ((2, 8, 8, 2), (3, 2, 2, 5), ((0, 2), (1, 0))),      # asymmetric padding and kernel
-])
-def test_shifted_conv_matches_xla_values_and_gradients(shape, kernel, pads):
-    kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
+def _assert_conv_matches_xla(shape, kernel, pads, seed):
+    """ops.conv_general_dilated equals XLA's convolution in values and in both gradients."""
+    kx, kw, kg = jax.random.split(jax.random.PRNGKey(seed), 3)
     x = jax.random.normal(kx, shape)
     w = jax.random.normal(kw, kernel)
     dims = lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
-    assert ops.use_shifted_conv(x.shape, w.shape, (1, 1), pads, None, None, dims, 1)
     got = ops.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=dims)
     want = _ref_conv(x, w, pads)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -41,6 +36,18 @@ def test_shifted_conv_matches_xla_values_and_gradients(shape, kernel, pads):
     want_grads = jax.grad(loss(lambda x, w: _ref_conv(x, w, pads)), argnums=(0, 1))(x, w)
     for a, b in zip(got_grads, want_grads):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    return x, w, dims, g
+
+
+@pytest.mark.parametrize("shape,kernel,pads", [
+    ((4, 28, 28, 1), (5, 5, 1, 6), ((2, 2), (2, 2))),   # LeNet conv1
+    ((3, 9, 7, 3), (3, 3, 3, 16), ((1, 1), (1, 1))),    # an RGB stem
+    ((2, 8, 8, 2), (3, 2, 2, 5), ((0, 2), (1, 0))),      # asymmetric padding and kernel
+])
+def test_shifted_conv_matches_xla_values_and_gradients(shape, kernel, pads):
+    dims = lax.conv_dimension_numbers(shape, kernel, NHWC)
+    assert ops.use_shifted_conv(shape, kernel, (1, 1), pads, None, None, dims, 1)
+    _assert_conv_matches_xla(shape, kernel, pads, seed=0)
 
 
 def test_shifted_conv_only_where_it_pays():
@@ -167,21 +174,10 @@ def test_conv_input_boundary_keeps_nan_and_empty_inputs():
     ((2, 8, 8, 5), (4, 3, 5, 3), ((0, 2), (1, 0))),      # asymmetric padding and kernel
 ])
 def test_col2im_input_gradient_matches_xla(shape, kernel, pads):
-    kx, kw, kg = jax.random.split(jax.random.PRNGKey(6), 3)
-    x = jax.random.normal(kx, shape)
-    w = jax.random.normal(kw, kernel)
-    dims = lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
-    assert ops.use_col2im_input_grad(x.shape, w.shape, (1, 1), pads, None, None, dims, 1)
-    assert not ops.use_shifted_conv(x.shape, w.shape, (1, 1), pads, None, None, dims, 1)
-    got = ops.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=dims)
-    want = _ref_conv(x, w, pads)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    g = jax.random.normal(kg, want.shape)
-    got_grads = jax.grad(lambda x, w: jnp.sum(ops.conv_general_dilated(
-        x, w, (1, 1), pads, dimension_numbers=dims) * g), argnums=(0, 1))(x, w)
-    want_grads = jax.grad(lambda x, w: jnp.sum(_ref_conv(x, w, pads) * g), argnums=(0, 1))(x, w)
-    for a, b in zip(got_grads, want_grads):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    dims = lax.conv_dimension_numbers(shape, kernel, NHWC)
+    assert ops.use_col2im_input_grad(shape, kernel, (1, 1), pads, None, None, dims, 1)
+    assert not ops.use_shifted_conv(shape, kernel, (1, 1), pads, None, None, dims, 1)
+    x, w, dims, g = _assert_conv_matches_xla(shape, kernel, pads, seed=6)
     # and the custom VJP is really in the graph: its backward holds the column contraction
     jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(ops.conv_general_dilated(
         x, w, (1, 1), pads, dimension_numbers=dims) * g)))(x))
