@@ -206,7 +206,8 @@ def run(args: argparse.Namespace) -> dict:
               "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                               else platform.processor() or "cpu"),
               "threads": torch.get_num_threads(), "channels_last": channels_last,
-              "keep_host_buffers": args.keep_host_buffers, "steps": args.steps, "repeats": args.repeats, "python": platform.python_version(),
+              "keep_host_buffers": args.keep_host_buffers, "steps": args.steps,
+              "repeats": args.repeats, "python": platform.python_version(),
               "loadavg_start": round(os.getloadavg()[0], 2)}
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -291,7 +292,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default=None, help="memory format (default: on for CUDA)")
     p.add_argument("--keep_host_buffers", action="store_true",
                    help="the glibc malloc settings cnn_jax uses by default "
-                        "(cnn_jax.host_memory), applied before torch allocates anything")
+                        "(cnn_jax.host_memory), applied before the model is built")
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
 

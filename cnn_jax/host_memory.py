@@ -15,8 +15,8 @@ resident memory (0.9 -> 1.7 GB for ResNet-20; 1.6 -> 3.4 GB for ResNet-56).
 C libraries and systems it does nothing. Nothing in jax, XLA or the Python standard library sets
 them, and the MALLOC_* environment variables would have to be set before the interpreter starts,
 hence this module. It must run before JAX starts its CPU backend (the pool threads pick their
-arena at their first allocation): `launch.py` and `cnn_jax.benchmark` call it first thing, unless
-`--keep_host_buffers=false`.
+arena at their first allocation): `launch.py` and `cnn_jax.benchmark` call it right after parsing
+their flags, before any JAX computation, unless `--keep_host_buffers=false`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Faster formulations of convolution and pooling for the XLA CPU backend, chosen from a profile (issue 7).
+"""Faster formulations of convolution and pooling for the XLA CPU backend, chosen from a profile
+(issues 7 and 15).
 
 Profile (LeNet-5 train step, batch 128, 2-core CPU, jax 0.10.2; benchmarks/RESULTS.md):
 - A convolution with few input channels (LeNet's 1 -> 6, 5x5) runs at ~1 GMAC/s in XLA:CPU's
@@ -63,11 +64,11 @@ BOUNDARY_MIN_CHANNELS = 8
 # channels and a column tensor of at most this many bytes (LeNet conv2 at batch 128: 6 channels,
 # 7.7 MB), where XLA's transposed convolution is slow; read at trace time.
 CPU_COL2IM_INPUT_GRAD = True
+COL2IM_MAX_CHANNELS = 8
+COL2IM_MAX_BYTES = 12 * 2**20
 # Max pooling's gradient to the first maximum of a window, as XLA's reduce_window gradient
 # (False: jnp.max's rule, split between equal maxima; kept for benchmarks/ab_conv_boundary.py).
 FIRST_MAX_POOL_GRAD = True
-COL2IM_MAX_CHANNELS = 8
-COL2IM_MAX_BYTES = 12 * 2**20
 
 
 def _is_nhwc(dimension_numbers: Any) -> bool:
@@ -237,6 +238,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                     **kwargs)
 
 
+def _window_positions(shape: tuple[int, ...], kw: int) -> jax.Array:
+    """Row-major position inside its window of every element of a (B, H', kh, W', kw, C) shape."""
+    return (lax.broadcasted_iota(jnp.int32, shape, 2) * kw
+            + lax.broadcasted_iota(jnp.int32, shape, 4))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _window_max(xr: jax.Array, kh: int, kw: int) -> jax.Array:
     """Max over axes 2 and 4 (of sizes kh, kw) of a (B, H/kh, kh, W/kw, kw, C) tensor."""
@@ -247,10 +254,9 @@ def _window_max_fwd(xr, kh, kw):
     if jax.default_backend() == "cpu":  # computed once, not inside both reductions below
         xr = conv_input_boundary(xr)
     y = xr.max(axis=(2, 4))
-    position = (lax.broadcasted_iota(jnp.int32, xr.shape, 2) * kw
-                + lax.broadcasted_iota(jnp.int32, xr.shape, 4))
     # the window position (row-major) of the first maximum: all the backward pass needs
-    first = jnp.where(xr == y[:, :, None, :, None, :], position, kh * kw).min(axis=(2, 4))
+    first = jnp.where(xr == y[:, :, None, :, None, :], _window_positions(xr.shape, kw),
+                      kh * kw).min(axis=(2, 4))
     return y, first.astype(jnp.int8 if kh * kw < 127 else jnp.int32)
 
 
@@ -258,9 +264,7 @@ def _window_max_bwd(kh, kw, first, g):
     """The gradient to the first maximum of each window in row-major order, as XLA's
     `select_and_scatter` (reduce_window's gradient) sends it; one elementwise pass."""
     shape = (g.shape[0], g.shape[1], kh, g.shape[2], kw, g.shape[3])
-    position = (lax.broadcasted_iota(jnp.int32, shape, 2) * kw
-                + lax.broadcasted_iota(jnp.int32, shape, 4))
-    hit = position == first.astype(jnp.int32)[:, :, None, :, None, :]
+    hit = _window_positions(shape, kw) == first.astype(jnp.int32)[:, :, None, :, None, :]
     return (jnp.where(hit, g[:, :, None, :, None, :], jnp.zeros((), g.dtype)),)
 
 

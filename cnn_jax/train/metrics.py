@@ -93,9 +93,10 @@ class _LocalEventFile:
     """A TensorBoard event file on a local disk: TensorBoard's record format over a plain file.
 
     TensorBoard's `EventFileWriter` creates its file through `tf.io.gfile`, and with TensorFlow
-    installed that imports TensorFlow: 2.4 s on the critical path of every (re)launch, before
-    the first step (issue 15). A local file needs no gfile, so this writes the same records
-    (TensorBoard's `RecordWriter`) to an ordinary file, flushed after every event.
+    installed that imports TensorFlow: 3.15 s on the critical path of a re-launched ResNet-20 run,
+    before its first step (issue 15, benchmarks/RESULTS.md). A local file needs no gfile, so
+    this writes the same records (TensorBoard's `RecordWriter`) to an ordinary file, flushed after
+    every event.
     """
 
     def __init__(self, logdir: str):
