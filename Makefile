@@ -15,11 +15,14 @@ venv: $(STAMP)
 
 # Installs exactly requirements.lock, then the package itself (no dependency resolution, no build
 # isolation: setuptools comes from the lock too), so every machine gets the same environment.
-$(STAMP): pyproject.toml requirements.lock
+# Then compiles the oneDNN convolution handlers (cnn_jax/onednn.py); without a C++ compiler it
+# says so and cnn_jax uses XLA's convolutions.
+$(STAMP): pyproject.toml requirements.lock cnn_jax/native/onednn_conv.cc
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m pip check
+	$(PY) -m cnn_jax.onednn build || echo "WARNING: oneDNN convolutions not built; XLA's are used"
 	touch $(STAMP)
 
 # Re-resolves pyproject.toml's ranges into requirements.lock on purpose (needs PyPI).

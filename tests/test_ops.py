@@ -1,4 +1,4 @@
-"""cnn_jax.ops: the CPU formulations equal XLA's convolution and max pooling, values and gradients."""
+"""cnn_jax.ops: the XLA CPU formulations equal XLA's convolution and max pooling, values and gradients."""
 
 import flax.linen as nn
 import jax
@@ -10,6 +10,12 @@ from jax import lax
 from cnn_jax import layers, ops
 
 NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.fixture(autouse=True)
+def _xla_formulations(monkeypatch):
+    """These tests cover the XLA formulations; oneDNN's convolutions are tests/test_onednn.py's."""
+    monkeypatch.setattr(ops, "CPU_ONEDNN_CONVS", False)
 
 
 def _ref_conv(x, w, pads):

@@ -1,6 +1,6 @@
 """Issue 15's "equal results" check: 300 training steps of LeNet-5 on real Fashion-MNIST with
-cnn_jax.ops' CPU formulations (shifted-sum conv1, col2im input gradient of conv2, reshape max
-pooling with its first-maximum gradient) against the same steps on XLA's reference ops, from the
+cnn_jax.ops' CPU formulations (shifted-sum conv1; conv2 on oneDNN where cnn_jax.onednn is built,
+else with the col2im input gradient; reshape max pooling with its first-maximum gradient) against the same steps on XLA's reference ops, from the
 same start on the same batches.
 
 While the two trajectories coincide (the first steps) their losses agree to float32 rounding.
@@ -62,6 +62,7 @@ def test_lenet5_training_equals_the_reference_ops(tmp_path, monkeypatch):
     fast_losses, fast_accuracy, fast_jaxpr = _train(*data)
     monkeypatch.setattr(ops, "MAX_SHIFTED_TERMS", 0)
     monkeypatch.setattr(ops, "CPU_COL2IM_INPUT_GRAD", False)
+    monkeypatch.setattr(ops, "CPU_ONEDNN_CONVS", False)
     monkeypatch.setattr(ops, "CPU_CONV_INPUT_BOUNDARY", False)
     monkeypatch.setattr(ops, "max_pool", lambda x, window, strides, pads: nn.max_pool(
         x, window, strides, padding=pads))

@@ -1,0 +1,223 @@
+// 2-D convolutions (forward, input gradient, weight gradient) on oneDNN, as XLA FFI handlers for
+// the CPU backend. Layouts are cnn_jax's: activations NHWC, kernels HWIO, float32, no dilation,
+// one group. oneDNN picks its own weight layout ("any"); kernels are reordered to and from HWIO
+// here. Primitives are cached per shape, so a jitted train step builds each one once.
+// Built by cnn_jax/onednn.py (python -m cnn_jax.onednn build); why it exists: cnn_jax/onednn.py.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using dims = dnnl::memory::dims;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+// N, H, W, C of the input; H, W, I, O of the kernel; stride and padding; which pass.
+using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>;
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+struct Shapes {
+  int64_t n, h, w, c, kh, kw, o, sh, sw, pt, pb, pl, pr, oh, ow;
+  Key key(int pass) const {
+    return Key(pass, n, h, w, c, kh, kw, o, sh, sw, pt, pb, pl, pr, 0);
+  }
+  dnnl::memory::desc src() const { return {{n, c, h, w}, dt::f32, tag::nhwc}; }
+  dnnl::memory::desc dst() const { return {{n, o, oh, ow}, dt::f32, tag::nhwc}; }
+  // HWIO kernel as oneDNN's (O, I, H, W) logical order
+  dnnl::memory::desc hwio() const { return {{o, c, kh, kw}, dt::f32, tag::hwio}; }
+  dnnl::memory::desc any_weights() const { return {{o, c, kh, kw}, dt::f32, tag::any}; }
+  dims strides() const { return {sh, sw}; }
+  dims pad_lo() const { return {pt, pl}; }
+  dims pad_hi() const { return {pb, pr}; }
+};
+
+struct Cached {
+  dnnl::convolution_forward::primitive_desc fwd_pd;
+  dnnl::primitive prim;
+  dnnl::memory::desc weights;  // the primitive's weight layout
+  bool reorder;                // whether it differs from HWIO
+  dnnl::reorder to_prim;       // HWIO -> weights (fwd, bwd data) or weights -> HWIO (bwd w)
+  dnnl::memory::desc scratch;  // the primitive's scratchpad, allocated per call: XLA may run
+                               // one convolution on several devices at once
+};
+
+std::mutex cache_mutex;
+std::map<Key, std::shared_ptr<Cached>> cache;
+
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+dnnl::convolution_forward::primitive_desc ForwardPd(const Shapes& s, dnnl::prop_kind kind) {
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), kind, dnnl::algorithm::convolution_direct, s.src(), s.any_weights(), s.dst(),
+      s.strides(), s.pad_lo(), s.pad_hi(), UserScratchpad());
+}
+
+std::shared_ptr<Cached> Get(const Shapes& s, int pass) {
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  auto it = cache.find(s.key(pass));
+  if (it != cache.end()) return it->second;
+  auto c = std::make_shared<Cached>();
+  c->fwd_pd = ForwardPd(s, pass == 0 ? dnnl::prop_kind::forward_inference
+                                     : dnnl::prop_kind::forward_training);
+  if (pass == 0) {
+    c->prim = dnnl::convolution_forward(c->fwd_pd);
+    c->weights = c->fwd_pd.weights_desc();
+    c->scratch = c->fwd_pd.scratchpad_desc();
+  } else if (pass == 1) {
+    dnnl::convolution_backward_data::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, s.src(), s.any_weights(), s.dst(),
+        s.strides(), s.pad_lo(), s.pad_hi(), c->fwd_pd, UserScratchpad());
+    c->prim = dnnl::convolution_backward_data(pd);
+    c->weights = pd.weights_desc();
+    c->scratch = pd.scratchpad_desc();
+  } else {
+    dnnl::convolution_backward_weights::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, s.src(), s.any_weights(), s.dst(),
+        s.strides(), s.pad_lo(), s.pad_hi(), c->fwd_pd, UserScratchpad());
+    c->prim = dnnl::convolution_backward_weights(pd);
+    c->weights = pd.diff_weights_desc();
+    c->scratch = pd.scratchpad_desc();
+  }
+  c->reorder = c->weights != s.hwio();
+  if (c->reorder) {
+    c->to_prim = pass == 2 ? dnnl::reorder(dnnl::reorder::primitive_desc(
+                                 Engine(), c->weights, Engine(), s.hwio()))
+                           : dnnl::reorder(dnnl::reorder::primitive_desc(
+                                 Engine(), s.hwio(), Engine(), c->weights));
+  }
+  cache.emplace(s.key(pass), c);
+  return c;
+}
+
+Shapes MakeShapes(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k,
+                  ffi::Span<const int64_t> y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                  int64_t pl, int64_t pr) {
+  return Shapes{x[0], x[1], x[2], x[3], k[0], k[1], k[3], sh, sw, pt, pb, pl, pr, y[1], y[2]};
+}
+
+ffi::Error Check(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k,
+                 ffi::Span<const int64_t> y) {
+  if (x.size() != 4 || k.size() != 4 || y.size() != 4 || x[3] != k[2] || y[3] != k[3] ||
+      x[0] != y[0]) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "onednn conv: expected NHWC input, HWIO kernel, NHWC output");
+  }
+  return ffi::Error::Success();
+}
+
+#define CNN_JAX_TRY(body)                                                      \
+  try {                                                                        \
+    body                                                                       \
+  } catch (const dnnl::error& e) {                                             \
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what()); \
+  }                                                                            \
+  return ffi::Error::Success();
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
+                   ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
+                   int64_t pb, int64_t pl, int64_t pr) {
+  if (auto e = Check(x.dimensions(), k.dimensions(), y->dimensions()); e.failure()) return e;
+  CNN_JAX_TRY({
+    Shapes s = MakeShapes(x.dimensions(), k.dimensions(), y->dimensions(), sh, sw, pt, pb, pl,
+                          pr);
+    auto c = Get(s, 0);
+    dnnl::stream stream(Engine());
+    dnnl::memory src(s.src(), Engine(), x.typed_data());
+    dnnl::memory dst(s.dst(), Engine(), y->typed_data());
+    dnnl::memory user_w(s.hwio(), Engine(), k.typed_data());
+    dnnl::memory w = user_w;
+    if (c->reorder) {
+      w = dnnl::memory(c->weights, Engine());
+      c->to_prim.execute(stream, user_w, w);
+    }
+    dnnl::memory scratch(c->scratch, Engine());
+    c->prim.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dst},
+                             {DNNL_ARG_SCRATCHPAD, scratch}});
+    stream.wait();
+  })
+}
+
+ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> k,
+                        ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw, int64_t pt,
+                        int64_t pb, int64_t pl, int64_t pr) {
+  if (auto e = Check(dx->dimensions(), k.dimensions(), dy.dimensions()); e.failure()) return e;
+  CNN_JAX_TRY({
+    Shapes s = MakeShapes(dx->dimensions(), k.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl,
+                          pr);
+    auto c = Get(s, 1);
+    dnnl::stream stream(Engine());
+    dnnl::memory diff_dst(s.dst(), Engine(), dy.typed_data());
+    dnnl::memory diff_src(s.src(), Engine(), dx->typed_data());
+    dnnl::memory user_w(s.hwio(), Engine(), k.typed_data());
+    dnnl::memory w = user_w;
+    if (c->reorder) {
+      w = dnnl::memory(c->weights, Engine());
+      c->to_prim.execute(stream, user_w, w);
+    }
+    dnnl::memory scratch(c->scratch, Engine());
+    c->prim.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, w},
+                             {DNNL_ARG_DIFF_SRC, diff_src}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    stream.wait();
+  })
+}
+
+ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                           ffi::ResultBuffer<ffi::F32> dk, int64_t sh, int64_t sw, int64_t pt,
+                           int64_t pb, int64_t pl, int64_t pr) {
+  if (auto e = Check(x.dimensions(), dk->dimensions(), dy.dimensions()); e.failure()) return e;
+  CNN_JAX_TRY({
+    Shapes s = MakeShapes(x.dimensions(), dk->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl,
+                          pr);
+    auto c = Get(s, 2);
+    dnnl::stream stream(Engine());
+    dnnl::memory src(s.src(), Engine(), x.typed_data());
+    dnnl::memory diff_dst(s.dst(), Engine(), dy.typed_data());
+    dnnl::memory user_dw(s.hwio(), Engine(), dk->typed_data());
+    dnnl::memory dw = c->reorder ? dnnl::memory(c->weights, Engine()) : user_dw;
+    dnnl::memory scratch(c->scratch, Engine());
+    c->prim.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
+                             {DNNL_ARG_DIFF_WEIGHTS, dw}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    if (c->reorder) c->to_prim.execute(stream, dw, user_dw);
+    stream.wait();
+  })
+}
+
+}  // namespace
+
+#define CNN_JAX_ATTRS                                                                   \
+  .Attr<int64_t>("stride_h").Attr<int64_t>("stride_w").Attr<int64_t>("pad_top")         \
+      .Attr<int64_t>("pad_bottom").Attr<int64_t>("pad_left").Attr<int64_t>("pad_right")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() CNN_JAX_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvBackwardData, BackwardData,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() CNN_JAX_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvBackwardWeights, BackwardWeights,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() CNN_JAX_ATTRS);
