@@ -2,11 +2,11 @@
 
 jaxlib 0.10.2's CPU backend runs convolutions on Eigen's tensor contractions and routes none to
 oneDNN whatever the XLA flags say (benchmarks/RESULTS.md). Per op, on the CIFAR ResNets' 3x3
-convolutions at batch 128 (2-core AMD EPYC, AVX-512), oneDNN takes 2.4-3.1 ms for the forward
-pass, the input gradient and the weight gradient each, where XLA takes 5.8-6.7, 5.7-6.3 and
-8.3-8.6 ms (`benchmarks/probe_onednn.py`): XLA's weight gradient also transposes the layer's
-input to (C, H, W, N) first. PyTorch's CPU convolutions are oneDNN's. Nothing in jax, flax or XLA
-exposes oneDNN's convolutions, hence this module and its C++ handlers
+convolutions at batch 128 (2-core AMD EPYC, AVX-512; `benchmarks/probe_onednn.py`), oneDNN's
+forward pass takes 2.4-3.5 ms against XLA's 3.4-5.9, the input gradient 2.4-3.9 against 3.4-5.9
+and the weight gradient 2.5-3.7 against 4.6-11.4: XLA's weight gradient also transposes the
+layer's input to (C, H, W, N) first. PyTorch's CPU convolutions are oneDNN's. Nothing in jax,
+flax or XLA exposes oneDNN's convolutions, hence this module and its C++ handlers
 (`cnn_jax/native/onednn_conv.cc`): forward, backward-data and backward-weights primitives on
 NHWC activations and HWIO kernels, float32, cached per shape, tied together here by a
 `jax.custom_vjp`. The library is PyPI's `onednn-cpu-gomp` (oneDNN 3.2, GNU OpenMP threads), its

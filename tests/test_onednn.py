@@ -16,8 +16,8 @@ from jax import lax
 from cnn_jax import models, onednn, ops
 
 NHWC = ("NHWC", "HWIO", "NHWC")
-needs_onednn = pytest.mark.skipif(not onednn.available(),
-                                  reason="oneDNN convolutions not built here (make venv builds them)")
+needs_onednn = pytest.mark.skipif(
+    not onednn.available(), reason="oneDNN convolutions not built here (make venv builds them)")
 
 
 def _xla(x, w, strides, pads):

@@ -1,4 +1,5 @@
-"""cnn_jax.ops: the XLA CPU formulations equal XLA's convolution and max pooling, values and gradients."""
+"""cnn_jax.ops: the XLA CPU formulations equal XLA's convolution and max pooling, values and
+gradients."""
 
 import flax.linen as nn
 import jax
