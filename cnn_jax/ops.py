@@ -35,8 +35,8 @@ Profile (LeNet-5 train step, batch 128, 2-core CPU, jax 0.10.2; benchmarks/RESUL
   1.07x in an interleaved A/B (issue 15). Equal to XLA's gradient to float32 rounding; the
   weight gradient stays XLA's.
 - Every other float32 NHWC convolution without dilation or groups runs on oneDNN where
-  `cnn_jax.onednn` is built (forward, input and weight gradient 1.1-4.8x faster per op than
-  XLA's; see that module and benchmarks/RESULTS.md for the whole step). The shifted-slice form
+  `cnn_jax.onednn` is built (a 3x3 convolution's forward pass, input and weight gradient
+  1.1-4.8x faster per op than XLA's; see that module and benchmarks/RESULTS.md for whole steps). The shifted-slice form
   keeps the few-input-channel convolutions (LeNet's conv1, the RGB stems); the col2im gradient
   and the boundary apply to the convolutions left to XLA (oneDNN off or not built, other dtypes).
 `conv_general_dilated` is the drop-in `lax.conv_general_dilated` that `layers.Conv` uses: on the
