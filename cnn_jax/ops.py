@@ -34,13 +34,13 @@ Profile (LeNet-5 train step, batch 128, 2-core CPU, jax 0.10.2; benchmarks/RESUL
   ~20-30 MB it is slower, hence COL2IM_MAX_BYTES (benchmarks/probe_col2im.py). LeNet-5 training
   1.07x in an interleaved A/B (issue 15). Equal to XLA's gradient to float32 rounding; the
   weight gradient stays XLA's.
-- Every other float32 NHWC convolution without dilation or groups runs on oneDNN where
-  `cnn_jax.onednn` is built (a 3x3 convolution's forward pass, input and weight gradient
-  1.1-4.8x faster per op than XLA's; see that module and benchmarks/RESULTS.md for whole steps). The shifted-slice form
-  keeps the few-input-channel convolutions (LeNet's conv1, the RGB stems); the col2im gradient
-  and the boundary apply to the convolutions left to XLA (oneDNN off or not built, other dtypes).
+- Before all of these: every float32 NHWC convolution without dilation or groups runs on
+  oneDNN where `cnn_jax.onednn` is built (a 3x3 convolution's forward pass, input and weight
+  gradient 1.1-4.8x faster per op than XLA's; see that module and benchmarks/RESULTS.md for
+  whole steps), LeNet's conv1 and the RGB stems included. The formulations above serve the
+  convolutions left to XLA (oneDNN off or not built, other dtypes).
 `conv_general_dilated` is the drop-in `lax.conv_general_dilated` that `layers.Conv` uses: on the
-CPU backend it takes, in that order, the shifted-slice form, oneDNN, the col2im input gradient,
+CPU backend it takes, in that order, oneDNN, the shifted-slice form, the col2im input gradient,
 and `lax.conv_general_dilated` behind the boundary; on other backends always the last, without
 the boundary. Nothing in jax, flax or XLA offers these formulations or the boundary as an
 option, hence this module.
@@ -238,11 +238,6 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          dimension_numbers=None, feature_group_count=1, precision=None,
                          **kwargs) -> jax.Array:
     """`lax.conv_general_dilated`, with the CPU formulations of the module docstring."""
-    if not kwargs and use_shifted_conv(lhs.shape, rhs.shape, window_strides, padding,
-                                       lhs_dilation, rhs_dilation, dimension_numbers,
-                                       feature_group_count):
-        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-        return _shifted_conv(lhs, rhs, pads)
     if (not kwargs and precision is None and CPU_ONEDNN_CONVS and jax.default_backend() == "cpu"
             and _is_nhwc(dimension_numbers)):
         pads = _explicit_pads(lhs.shape, rhs.shape, window_strides, padding)
@@ -251,6 +246,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                                  pads)
                 and lhs.dtype == rhs.dtype and onednn.available()):
             return onednn.conv(lhs, rhs, tuple(int(s) for s in window_strides), pads)
+    if not kwargs and use_shifted_conv(lhs.shape, rhs.shape, window_strides, padding,
+                                       lhs_dilation, rhs_dilation, dimension_numbers,
+                                       feature_group_count):
+        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+        return _shifted_conv(lhs, rhs, pads)
     if not kwargs and precision is None and CPU_COL2IM_INPUT_GRAD and use_col2im_input_grad(
             lhs.shape, rhs.shape, window_strides, padding, lhs_dilation, rhs_dilation,
             dimension_numbers, feature_group_count):

@@ -86,8 +86,8 @@ def test_resnet_train_step_gradients_equal_with_and_without_onednn(monkeypatch):
         return jax.jit(jax.value_and_grad(loss))(variables["params"])
 
     text = jax.jit(lambda v: model.apply(v, x, train=False)).lower(variables).compile().as_text()
-    # every convolution but the RGB stem (XLA's shifted-slice form: ops.use_shifted_conv)
-    assert text.count('custom_call_target="cnn_jax_onednn_conv_Forward"') >= 18, text
+    # every convolution, the RGB stem included
+    assert text.count('custom_call_target="cnn_jax_onednn_conv_Forward"') == 19, text
     with_onednn = grads()
     monkeypatch.setattr(ops, "CPU_ONEDNN_CONVS", False)
     without = grads()

@@ -1,7 +1,8 @@
 """Issue 15's "equal results" check: 300 training steps of LeNet-5 on real Fashion-MNIST with
-cnn_jax.ops' CPU formulations (shifted-sum conv1; conv2 on oneDNN where cnn_jax.onednn is
-built, else with the col2im input gradient; reshape max pooling with its first-maximum gradient)
-against the same steps on XLA's reference ops, from the same start on the same batches.
+cnn_jax.ops' CPU formulations (both convolutions on oneDNN where cnn_jax.onednn is built, else
+a shifted-sum conv1 and conv2 with the col2im input gradient; reshape max pooling with its
+first-maximum gradient) against the same steps on XLA's reference ops, from the same start on
+the same batches.
 
 While the two trajectories coincide (the first steps) their losses agree to float32 rounding.
 Later, as in any network with max pooling and ReLU, a rounding difference eventually flips a
