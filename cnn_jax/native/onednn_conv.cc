@@ -131,6 +131,24 @@ ffi::Error Check(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k,
   }                                                                            \
   return ffi::Error::Success();
 
+// Forward and backward-data passes: one activation in, one out, the kernel read from HWIO.
+void RunWithKernel(const Cached& c, const Shapes& s, int in_arg,
+                   const dnnl::memory::desc& in_md, void* in, int out_arg,
+                   const dnnl::memory::desc& out_md, void* out, void* hwio) {
+  dnnl::stream stream(Engine());
+  dnnl::memory user_w(s.hwio(), Engine(), hwio);
+  dnnl::memory w = user_w;
+  if (c.reorder) {
+    w = dnnl::memory(c.weights, Engine());
+    c.to_prim.execute(stream, user_w, w);
+  }
+  dnnl::memory scratch(c.scratch, Engine());
+  c.prim.execute(stream, {{in_arg, dnnl::memory(in_md, Engine(), in)}, {DNNL_ARG_WEIGHTS, w},
+                          {out_arg, dnnl::memory(out_md, Engine(), out)},
+                          {DNNL_ARG_SCRATCHPAD, scratch}});
+  stream.wait();
+}
+
 ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
                    ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
                    int64_t pb, int64_t pl, int64_t pr) {
@@ -138,20 +156,8 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
   CNN_JAX_TRY({
     Shapes s = MakeShapes(x.dimensions(), k.dimensions(), y->dimensions(), sh, sw, pt, pb, pl,
                           pr);
-    auto c = Get(s, 0);
-    dnnl::stream stream(Engine());
-    dnnl::memory src(s.src(), Engine(), x.typed_data());
-    dnnl::memory dst(s.dst(), Engine(), y->typed_data());
-    dnnl::memory user_w(s.hwio(), Engine(), k.typed_data());
-    dnnl::memory w = user_w;
-    if (c->reorder) {
-      w = dnnl::memory(c->weights, Engine());
-      c->to_prim.execute(stream, user_w, w);
-    }
-    dnnl::memory scratch(c->scratch, Engine());
-    c->prim.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dst},
-                             {DNNL_ARG_SCRATCHPAD, scratch}});
-    stream.wait();
+    RunWithKernel(*Get(s, 0), s, DNNL_ARG_SRC, s.src(), x.typed_data(), DNNL_ARG_DST, s.dst(),
+                  y->typed_data(), k.typed_data());
   })
 }
 
@@ -162,20 +168,8 @@ ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> k,
   CNN_JAX_TRY({
     Shapes s = MakeShapes(dx->dimensions(), k.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl,
                           pr);
-    auto c = Get(s, 1);
-    dnnl::stream stream(Engine());
-    dnnl::memory diff_dst(s.dst(), Engine(), dy.typed_data());
-    dnnl::memory diff_src(s.src(), Engine(), dx->typed_data());
-    dnnl::memory user_w(s.hwio(), Engine(), k.typed_data());
-    dnnl::memory w = user_w;
-    if (c->reorder) {
-      w = dnnl::memory(c->weights, Engine());
-      c->to_prim.execute(stream, user_w, w);
-    }
-    dnnl::memory scratch(c->scratch, Engine());
-    c->prim.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, w},
-                             {DNNL_ARG_DIFF_SRC, diff_src}, {DNNL_ARG_SCRATCHPAD, scratch}});
-    stream.wait();
+    RunWithKernel(*Get(s, 1), s, DNNL_ARG_DIFF_DST, s.dst(), dy.typed_data(), DNNL_ARG_DIFF_SRC,
+                  s.src(), dx->typed_data(), k.typed_data());
   })
 }
 
