@@ -96,7 +96,7 @@ def test_resnet_train_step_gradients_equal_with_and_without_onednn(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3 * float(jnp.max(jnp.abs(b))))
 
 
-def test_switch_off_and_failed_build_fall_back_to_xla():
+def test_switch_off_and_failed_build_fall_back_to_xla(tmp_path):
     probe = (
         "import warnings, jax.numpy as jnp\n"
         "from cnn_jax import onednn, ops\n"
@@ -110,9 +110,10 @@ def test_switch_off_and_failed_build_fall_back_to_xla():
                          timeout=120, env={**_env(), "CNN_JAX_ONEDNN": "0"})
     assert off.returncode == 0, off.stderr
     assert off.stdout.startswith("False 72.0 []"), off.stdout  # 3*3*8 ones, no warning
+    missing = tmp_path / "missing"  # a directory that does not exist
     broken = ("import cnn_jax.onednn as o, pathlib\n"
-              "o.library_path = lambda: pathlib.Path('/nonexistent/lib.so')\n"
-              "o._dnnl_lib = lambda: pathlib.Path('/nonexistent/libdnnl.so.3')\n")
+              f"o.library_path = lambda: pathlib.Path({str(missing / 'lib.so')!r})\n"
+              f"o._dnnl_lib = lambda: pathlib.Path({str(missing / 'libdnnl.so.3')!r})\n")
     bad = subprocess.run([sys.executable, "-c", broken + probe], capture_output=True, text=True,
                          timeout=120, env=_env())
     assert bad.returncode == 0, bad.stderr
