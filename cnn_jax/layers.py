@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -205,6 +206,35 @@ class LayerNorm(GroupNorm):
     num_groups: int = 1
 
 
+class BatchNorm(nn.BatchNorm):
+    """Flax's `nn.BatchNorm` (same variables, same numbers), whose training-mode pass on the CPU
+    backend runs `ops.batch_norm_train`: a custom VJP with two passes over the activation in
+    each direction (`ops.CPU_BATCHNORM_VJP`). Initialisation, inference, masks, float32-only
+    settings aside (other dtypes, axes, axis groups, no scale or bias, exact variance) and
+    other backends take Flax's own code.
+    """
+
+    @nn.compact
+    def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+        use_ra = nn.merge_param("use_running_average", self.use_running_average,
+                                use_running_average)
+        if (use_ra or mask is not None or self.is_initializing() or not ops.CPU_BATCHNORM_VJP
+                or jax.default_backend() != "cpu" or self.axis not in (-1, x.ndim - 1)
+                or self.axis_index_groups is not None or not (self.use_scale and self.use_bias)
+                or not self.use_fast_variance or x.dtype != jnp.float32
+                or self.dtype not in (None, jnp.float32) or self.param_dtype != jnp.float32):
+            return super().__call__(x, use_running_average, mask=mask)
+        features = (x.shape[-1],)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+        scale = self.param("scale", self.scale_init, features, self.param_dtype)
+        bias = self.param("bias", self.bias_init, features, self.param_dtype)
+        y, mean, var = ops.batch_norm_train(x, scale, bias, self.epsilon, self.axis_name)
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        return y
+
+
 def make_norm(
     kind: str,
     *,
@@ -223,7 +253,7 @@ def make_norm(
     channel count must be a multiple of it); "layer" is GroupNorm with one group.
     """
     if kind == "batch":
-        return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=momentum,
+        return functools.partial(BatchNorm, use_running_average=not train, momentum=momentum,
                                  epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32,
                                  axis_name=axis_name)
     if kind == "group":

@@ -39,6 +39,13 @@ Profile (LeNet-5 train step, batch 128, 2-core CPU, jax 0.10.2; benchmarks/RESUL
   gradient 1.1-4.8x faster per op than XLA's; see that module and benchmarks/RESULTS.md for
   whole steps), LeNet's conv1 and the RGB stems included. The formulations above serve the
   convolutions left to XLA (oneDNN off or not built, other dtypes).
+- With the convolutions on oneDNN, BatchNorm is most of what is left: autodiff of Flax's formula
+  leaves XLA a backward pass that materialises x - mean as a tensor of its own before reducing
+  and scaling it (one more read and write of every activation). `batch_norm_train` writes the
+  gradient out, as two per-channel sums and one elementwise pass: ResNet-20 training 1.12x and
+  ResNet-56 1.18x in interleaved A/Bs (benchmarks/RESULTS.md), the same numbers to float
+  rounding (tests/test_batchnorm_vjp.py). `layers.BatchNorm` uses it in training on the CPU
+  backend.
 `conv_general_dilated` is the drop-in `lax.conv_general_dilated` that `layers.Conv` uses: on the
 CPU backend it takes, in that order, oneDNN, the shifted-slice form, the col2im input gradient,
 and `lax.conv_general_dilated` behind the boundary; on other backends always the last, without
@@ -79,6 +86,10 @@ FIRST_MAX_POOL_GRAD = True
 # float32 NHWC convolutions on oneDNN (cnn_jax/onednn.py) on the CPU backend where it is built;
 # read at trace time.
 CPU_ONEDNN_CONVS = True
+# BatchNorm's training-mode normalisation on the CPU backend as `batch_norm_train` (one custom
+# VJP, two passes over the activation each way) instead of autodiff of Flax's formula; read at
+# trace time by `layers.BatchNorm`.
+CPU_BATCHNORM_VJP = True
 
 
 def _is_nhwc(dimension_numbers: Any) -> bool:
@@ -241,10 +252,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     if (not kwargs and precision is None and CPU_ONEDNN_CONVS and jax.default_backend() == "cpu"
             and _is_nhwc(dimension_numbers)):
         pads = _explicit_pads(lhs.shape, rhs.shape, window_strides, padding)
-        if (pads is not None and onednn.supports(lhs.shape, rhs.shape, jnp.result_type(lhs, rhs),
-                                                 lhs_dilation, rhs_dilation, feature_group_count,
-                                                 pads)
-                and lhs.dtype == rhs.dtype and onednn.available()):
+        if (pads is not None and lhs.dtype == rhs.dtype
+                and onednn.supports(lhs.shape, rhs.shape, lhs.dtype, lhs_dilation, rhs_dilation,
+                                    feature_group_count, pads)
+                and onednn.available()):
             return onednn.conv(lhs, rhs, tuple(int(s) for s in window_strides), pads)
     if not kwargs and use_shifted_conv(lhs.shape, rhs.shape, window_strides, padding,
                                        lhs_dilation, rhs_dilation, dimension_numbers,
@@ -308,3 +319,63 @@ def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
         xr = x.reshape(b, h // kh, kh, w // kw, kw, c)
         return _window_max(xr, kh, kw) if FIRST_MAX_POOL_GRAD else xr.max(axis=(2, 4))
     return nn.max_pool(x, window, strides, padding=padding)
+
+
+def _channel_sums(x: jax.Array, y: jax.Array | None = None) -> jax.Array:
+    """(2, C): per-channel sums of x and of x*x (or of x*y), over every axis but the last."""
+    axes = tuple(range(x.ndim - 1))
+    return jnp.stack([jnp.sum(x, axes), jnp.sum(x * (x if y is None else y), axes)])
+
+
+def _global_count(x: jax.Array, axis_name: str | None) -> int:
+    n = x.size // x.shape[-1]
+    return n * lax.psum(1, axis_name) if axis_name is not None else n
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float,
+                     axis_name: str | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Training-mode BatchNorm over every axis but the last: (y, batch mean, batch variance).
+
+    The same formula as Flax's `nn.BatchNorm` with its defaults (variance as E[x^2] - E[x]^2,
+    clipped at 0, biased; statistics summed over `axis_name` when given), with the gradient
+    written out: the forward pass reads x twice (the two sums, then y = x*a + b), the backward
+    pass reads x and dy twice (the sums of dy and dy*xhat, then dx), where autodiff of the
+    formula leaves XLA more passes (it materialises x - mean). Cotangents of the returned mean
+    and variance are honoured.
+    """
+    return _batch_norm_train_fwd(x, scale, bias, epsilon, axis_name)[0]
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon, axis_name):
+    sums = _channel_sums(x)
+    if axis_name is not None:
+        sums = lax.psum(sums, axis_name)
+    n = _global_count(x, axis_name)
+    mean = sums[0] / n
+    var = jnp.maximum(sums[1] / n - mean * mean, 0.0)
+    inv = lax.rsqrt(var + epsilon)
+    a = scale * inv
+    y = x * a + (bias - mean * a)
+    return (y, mean, var), (x, mean, inv, scale)
+
+
+def _batch_norm_train_bwd(epsilon, axis_name, saved, cotangents):
+    x, mean, inv, scale = saved
+    dy, dmean, dvar = cotangents
+    # Per-channel sums of dy and dy*x (one pass over both), then dx = a*dy + k*x + c (a second):
+    # x - mean is never materialised as a tensor of its own.
+    local = _channel_sums(dy, x)
+    dbias, dscale = local[0], inv * (local[1] - mean * local[0])
+    total = jnp.stack([dbias, dscale, dmean, dvar])
+    if axis_name is not None:
+        total = lax.psum(total, axis_name)
+    n = _global_count(x, axis_name)
+    a = scale * inv
+    k = (2.0 / n) * total[3] - (a * inv / n) * total[1]
+    c = total[2] / n - (a / n) * total[0] - mean * k
+    return a * dy + k * x + c, dscale, dbias
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
