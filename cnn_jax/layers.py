@@ -285,7 +285,9 @@ check_choice = validate.check_member  # a model field's choice (the models' shar
 
 
 class ConvBlock(nn.Module):
-    """conv -> norm -> activation. `padding=None` means k//2 on each side (torchvision's "same")."""
+    """conv -> norm [-> + residual] -> activation. `padding=None` means k//2 on each side
+    (torchvision's "same"). In inference with BatchNorm on the CPU backend the whole block is
+    one oneDNN convolution (`ops.conv_bn_inference`)."""
 
     features: int
     kernel_size: Sequence[int] = (3, 3)
@@ -297,17 +299,51 @@ class ConvBlock(nn.Module):
     zero_init_norm: bool = False  # start the norm's scale at 0 (last BN of a residual branch)
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, residual=None):
+        """act(norm(conv(x)) [+ residual]): a residual block passes its shortcut here."""
         ks = _tuple(self.kernel_size, 2)
         pad = tuple((k // 2, k // 2) for k in ks) if self.padding is None else self.padding
-        x = self.conv(self.features, ks, strides=_tuple(self.strides, 2), padding=pad,
-                      name="conv")(x)
+        conv = self.conv(self.features, ks, strides=_tuple(self.strides, 2), padding=pad,
+                         name="conv")
+        norm = None
         if self.norm is not None:
             kw = {"scale_init": nn.initializers.zeros} if self.zero_init_norm else {}
-            x = self.norm(name="norm", **kw)(x)
+            norm = self.norm(name="norm", **kw)
+        fused = self._fused_inference(conv, norm, x, residual)
+        if fused is not None:
+            return fused
+        x = conv(x)
+        if norm is not None:
+            x = norm(x)
+        if residual is not None:
+            x = x + residual.astype(x.dtype)
         if self.act is not None:
             x = self.act(x)
         return x
+
+    def _fused_inference(self, conv, norm, x, residual):
+        """conv -> BatchNorm (running averages) [-> + residual] -> ReLU or nothing, as one
+        oneDNN convolution on the CPU backend (`ops.conv_bn_inference`); None where that does
+        not apply, and whenever the `intermediates` collection is mutable (Flax's
+        `capture_intermediates`, `sow`), so that the conv and norm outputs are recorded."""
+        if (self.is_initializing() or self.is_mutable_collection("intermediates")
+                or not isinstance(norm, BatchNorm)
+                or not norm.use_running_average or self.act not in (None, nn.relu, jax.nn.relu)
+                or not isinstance(conv, Conv) or conv.conv_general_dilated is not
+                ops.conv_general_dilated or conv.kernel_dilation not in (None, 1, (1, 1))
+                or conv.input_dilation not in (None, 1, (1, 1)) or conv.feature_group_count != 1
+                or conv.precision is not None or conv.dtype not in (None, jnp.float32)
+                or norm.axis not in (-1, x.ndim - 1) or not (norm.use_scale and norm.use_bias)
+                or norm.dtype not in (None, jnp.float32) or x.ndim != 4):
+            return None
+        check_output_shape(_layer_name(conv), x.shape[1:-1], conv.kernel_size,
+                           conv.strides or 1, conv.padding, conv.kernel_dilation)
+        params, stats = self.variables["params"], self.variables["batch_stats"]["norm"]
+        bn = {"scale": params["norm"]["scale"], "bias": params["norm"]["bias"],
+              "mean": stats["mean"], "var": stats["var"]}
+        return ops.conv_bn_inference(x, params["conv"]["kernel"], params["conv"].get("bias"), bn,
+                                     norm.epsilon, _tuple(conv.strides or 1, 2), conv.padding,
+                                     relu=self.act is not None, residual=residual)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,11 +496,12 @@ class _ResidualBase(nn.Module):
             x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, features - in_features)))
         return x
 
-    def _add_shortcut(self, x, y, features: int):
-        """act(y + shortcut(x)) for a residual block, act(y) for its plain twin."""
-        if self.residual:
-            y = y + self._shortcut(x, features, self.strides).astype(y.dtype)
-        return self.act(y)
+    def _last(self, x, y, features: int, **block):
+        """The block's last conv-norm layer on y, with act(. + shortcut(x)) for a residual block
+        (one oneDNN primitive in CPU inference, see ConvBlock), act(.) for its plain twin."""
+        shortcut = self._shortcut(x, features, self.strides) if self.residual else None
+        return ConvBlock(features, conv=self.conv, norm=self.norm, act=self.act,
+                         zero_init_norm=self.zero_init_last_bn, **block)(y, shortcut)
 
 
 class BasicBlock(_ResidualBase):
@@ -476,9 +513,7 @@ class BasicBlock(_ResidualBase):
     def __call__(self, x):
         block = functools.partial(ConvBlock, conv=self.conv, norm=self.norm)
         y = block(self.features, (3, 3), self.strides, act=self.act, name="conv1")(x)
-        y = block(self.features, (3, 3), 1, act=None, zero_init_norm=self.zero_init_last_bn,
-                  name="conv2")(y)
-        return self._add_shortcut(x, y, self.features)
+        return self._last(x, y, self.features, kernel_size=(3, 3), strides=1, name="conv2")
 
 
 class BottleneckBlock(_ResidualBase):
@@ -495,8 +530,7 @@ class BottleneckBlock(_ResidualBase):
         out = self.features * self.expansion
         y = block(self.features, (1, 1), s1, act=self.act, name="conv1")(x)
         y = block(self.features, (3, 3), s3, act=self.act, name="conv2")(y)
-        y = block(out, (1, 1), 1, act=None, zero_init_norm=self.zero_init_last_bn, name="conv3")(y)
-        return self._add_shortcut(x, y, out)
+        return self._last(x, y, out, kernel_size=(1, 1), strides=1, name="conv3")
 
 
 __all__ = [

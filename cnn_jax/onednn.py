@@ -9,9 +9,12 @@ layer's input to (C, H, W, N) first. PyTorch's CPU convolutions are oneDNN's. No
 flax or XLA exposes oneDNN's convolutions, hence this module and its C++ handlers
 (`cnn_jax/native/onednn_conv.cc`): forward, backward-data and backward-weights primitives on
 NHWC activations and HWIO kernels, float32, cached per shape, tied together here by a
-`jax.custom_vjp`. The library is PyPI's `onednn-cpu-gomp` (oneDNN 3.2, GNU OpenMP threads), its
-headers `onednn-devel-cpu-gomp`; the handlers are compiled with the system's C++ compiler
-into the environment's `lib/` by `python -m cnn_jax.onednn build` (`make venv` runs it).
+`jax.custom_vjp`; and for inference (`conv_bias`) a forward primitive that also adds a bias
+and a residual and applies a ReLU as it writes its output, which `cnn_jax.ops.conv_bn_inference`
+uses with BatchNorm folded into the kernel and the bias. The library is PyPI's
+`onednn-cpu-gomp` (oneDNN 3.2, GNU OpenMP threads), its headers `onednn-devel-cpu-gomp`; the
+handlers are compiled with the system's C++ compiler into the environment's `lib/` by
+`python -m cnn_jax.onednn build` (`make venv` runs it).
 
 `conv` is used by `cnn_jax.ops.conv_general_dilated` on the CPU backend for float32 NHWC
 convolutions without dilation or groups, when `available()`; everything else, and every
@@ -42,7 +45,7 @@ import numpy as np
 
 SOURCE = Path(__file__).resolve().parent / "native" / "onednn_conv.cc"
 ENV_SWITCH = "CNN_JAX_ONEDNN"  # "0" turns the oneDNN convolutions off
-_TARGETS = ("Forward", "BackwardData", "BackwardWeights")
+_TARGETS = ("Forward", "ForwardBias", "BackwardData", "BackwardWeights")
 _state: dict[str, object] = {}
 
 
@@ -151,12 +154,15 @@ def _attrs(strides: tuple[int, int], pads: tuple[tuple[int, int], ...]) -> dict:
             "pad_right": np.int64(pr)}
 
 
-def _call(name: str, shape: tuple[int, ...], a: jax.Array, b: jax.Array, strides, pads):
+def _call(name: str, shape: tuple[int, ...], *args: jax.Array, strides, pads, aliases=None,
+          **attrs):
     return jax.ffi.ffi_call(f"cnn_jax_onednn_conv_{name}", jax.ShapeDtypeStruct(shape, jnp.float32),
-                            vmap_method="sequential")(a, b, **_attrs(strides, pads))
+                            vmap_method="sequential", input_output_aliases=aliases)(
+        *args, **_attrs(strides, pads), **attrs)
 
 
-def _out_shape(x_shape, w_shape, strides, pads) -> tuple[int, ...]:
+def output_shape(x_shape, w_shape, strides, pads) -> tuple[int, ...]:
+    """The NHWC output shape of an NHWC x HWIO convolution with explicit padding."""
     n, h, w, _ = x_shape
     kh, kw, _, o = w_shape
     return (n, (h + pads[0][0] + pads[0][1] - kh) // strides[0] + 1,
@@ -167,7 +173,8 @@ def _out_shape(x_shape, w_shape, strides, pads) -> tuple[int, ...]:
 def conv(x: jax.Array, w: jax.Array, strides: tuple[int, int],
          pads: tuple[tuple[int, int], ...]) -> jax.Array:
     """NHWC x HWIO -> NHWC float32 cross-correlation on oneDNN (call `available()` first)."""
-    return _call("Forward", _out_shape(x.shape, w.shape, strides, pads), x, w, strides, pads)
+    return _call("Forward", output_shape(x.shape, w.shape, strides, pads), x, w, strides=strides,
+                 pads=pads)
 
 
 def _conv_fwd(x, w, strides, pads):
@@ -177,12 +184,48 @@ def _conv_fwd(x, w, strides, pads):
 def _conv_bwd(strides, pads, saved, g):
     x, w = saved
     g = g.astype(jnp.float32)
-    dx = _call("BackwardData", x.shape, g, w, strides, pads)
-    dw = _call("BackwardWeights", w.shape, x, g, strides, pads)
+    dx = _call("BackwardData", x.shape, g, w, strides=strides, pads=pads)
+    dw = _call("BackwardWeights", w.shape, x, g, strides=strides, pads=pads)
     return dx, dw
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv_bias(x: jax.Array, w: jax.Array, b: jax.Array, residual: jax.Array | None,
+              strides: tuple[int, int], pads: tuple[tuple[int, int], ...],
+              relu: bool) -> jax.Array:
+    """conv(x, w) + b (+ residual), then ReLU if `relu`, as one oneDNN primitive: the bias, the
+    residual (oneDNN's `sum` post-op, into the residual's buffer) and the ReLU are applied as
+    each output tile is written. For inference; differentiable all the same (the backward pass
+    is `conv`'s, through the ReLU's mask)."""
+    add = residual is not None
+    r = residual.astype(jnp.float32) if add else jnp.zeros((0,), jnp.float32)
+    return _conv_bias(x, w, b, r, tuple(strides), tuple(pads), bool(relu), add)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _conv_bias(x, w, b, r, strides, pads, relu, add):
+    return _call("ForwardBias", output_shape(x.shape, w.shape, strides, pads), x, w, b, r,
+                 strides=strides, pads=pads, aliases={3: 0} if add else None,
+                 relu=np.int64(relu), add=np.int64(add))
+
+
+def _conv_bias_fwd(x, w, b, r, strides, pads, relu, add):
+    y = _conv_bias(x, w, b, r, strides, pads, relu, add)
+    return y, (x, w, y)
+
+
+def _conv_bias_bwd(strides, pads, relu, add, saved, g):
+    x, w, y = saved
+    g = g.astype(jnp.float32)
+    if relu:
+        g = jnp.where(y > 0, g, 0.0)
+    dx, dw = _conv_bwd(strides, pads, (x, w), g)
+    return dx, dw, jnp.sum(g, axis=(0, 1, 2)), g if add else jnp.zeros((0,), jnp.float32)
+
+
+_conv_bias.defvjp(_conv_bias_fwd, _conv_bias_bwd)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -86,14 +86,82 @@ def test_resnet_train_step_gradients_equal_with_and_without_onednn(monkeypatch):
         return jax.jit(jax.value_and_grad(loss))(variables["params"])
 
     text = jax.jit(lambda v: model.apply(v, x, train=False)).lower(variables).compile().as_text()
-    # every convolution, the RGB stem included
-    assert text.count('custom_call_target="cnn_jax_onednn_conv_Forward"') == 19, text
+    # every convolution, the RGB stem included (in inference with BatchNorm folded in)
+    assert text.count('custom_call_target="cnn_jax_onednn_conv_ForwardBias"') == 19, text
     with_onednn = grads()
     monkeypatch.setattr(ops, "CPU_ONEDNN_CONVS", False)
     without = grads()
     np.testing.assert_allclose(with_onednn[0], without[0], rtol=1e-4)
     for a, b in zip(jax.tree.leaves(with_onednn[1]), jax.tree.leaves(without[1])):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3 * float(jnp.max(jnp.abs(b))))
+
+
+@needs_onednn
+@pytest.mark.parametrize("relu,residual", [(True, False), (False, False), (True, True),
+                                           (False, True)])
+@pytest.mark.parametrize("shape,kernel,strides,pads", [
+    ((4, 16, 16, 8), (3, 3, 8, 8), (1, 1), ((1, 1), (1, 1))),
+    ((4, 16, 16, 8), (3, 3, 8, 16), (2, 2), ((1, 1), (1, 1))),
+    ((3, 9, 7, 4), (1, 1, 4, 6), (1, 1), ((0, 0), (0, 0))),
+])
+def test_conv_bias_relu_residual_equal_the_separate_steps(shape, kernel, strides, pads, relu,
+                                                          residual):
+    kx, kw, kb, kr, kg = jax.random.split(jax.random.PRNGKey(7), 5)
+    x, w = jax.random.normal(kx, shape), jax.random.normal(kw, kernel)
+    b = jax.random.normal(kb, kernel[-1:])
+    out_shape = onednn.output_shape(shape, kernel, strides, pads)
+    r = jax.random.normal(kr, out_shape) if residual else None
+    g = jax.random.normal(kg, out_shape)
+
+    def reference(x, w, b, r):
+        y = _xla(x, w, strides, pads) + b + (0.0 if r is None else r)
+        return jnp.maximum(y, 0.0) if relu else y
+
+    def fused(x, w, b, r):
+        return onednn.conv_bias(x, w, b, r, strides, pads, relu)
+
+    for f in (fused, jax.jit(fused)):
+        np.testing.assert_allclose(f(x, w, b, r), reference(x, w, b, r), rtol=1e-5, atol=1e-5)
+    argnums = (0, 1, 2, 3) if residual else (0, 1, 2)
+    grads = [jax.grad(lambda *a: jnp.sum(f(*a) * g), argnums)(x, w, b, r)
+             for f in (fused, reference)]
+    for a, want in zip(*grads):
+        np.testing.assert_allclose(a, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
+
+
+@needs_onednn
+@pytest.mark.parametrize("name,shape,fused_calls", [
+    ("resnet20", (4, 16, 16, 3), 19),   # basic blocks, option-A shortcuts
+    ("resnet18", (2, 32, 32, 3), 20),   # option-B projections
+    ("resnet50", (2, 32, 32, 3), 53),   # bottlenecks
+    ("plain20", (4, 16, 16, 3), 19),    # no shortcut
+])
+def test_inference_folds_batchnorm_relu_and_shortcut_into_onednn(monkeypatch, name, shape,
+                                                                 fused_calls):
+    """Inference with BatchNorm's running averages: every conv-BatchNorm[-add]-ReLU is one
+    oneDNN primitive, with the outputs and the input gradient of the separate steps."""
+    kw = {"widths": (4, 8, 8)} if name in ("resnet20", "plain20") else {}
+    model = models.build(name, num_classes=10, **kw)
+    x = jax.random.normal(jax.random.PRNGKey(1), shape)
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    noise = lambda tree, seed: jax.tree.map(  # noqa: E731
+        lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(seed), a.shape), tree)
+    variables = {"params": noise(variables["params"], 2),
+                 "batch_stats": jax.tree.map(jnp.abs, noise(variables["batch_stats"], 3))}
+
+    def run():
+        apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+        grad = jax.jit(jax.grad(lambda x: jnp.sum(model.apply(variables, x, train=False) ** 2)))
+        return apply.lower(variables, x).as_text(), apply(variables, x), grad(x)
+    text, out, dx = run()
+    assert text.count("cnn_jax_onednn_conv_ForwardBias") == fused_calls
+    monkeypatch.setattr(ops, "CPU_FUSED_INFERENCE_CONV_BN", False)
+    text_off, want, want_dx = run()
+    assert "ForwardBias" not in text_off
+    scale = float(jnp.max(jnp.abs(want)))
+    assert scale > 0
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(want_dx))))
 
 
 def test_switch_off_and_failed_build_fall_back_to_xla(tmp_path):

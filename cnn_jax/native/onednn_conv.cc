@@ -1,14 +1,17 @@
-// 2-D convolutions (forward, input gradient, weight gradient) on oneDNN, as XLA FFI handlers for
-// the CPU backend. Layouts are cnn_jax's: activations NHWC, kernels HWIO, float32, no dilation,
-// one group. oneDNN picks its own weight layout ("any"); kernels are reordered to and from HWIO
-// here. Primitives are cached per shape, so a jitted train step builds each one once.
+// 2-D convolutions (forward, input gradient, weight gradient, and an inference forward pass that
+// also adds a bias and a residual and applies a ReLU) on oneDNN, as XLA FFI handlers for the CPU
+// backend. Layouts are cnn_jax's: activations NHWC, kernels HWIO, float32, no dilation, one group.
+// oneDNN picks its own weight layout ("any"); kernels are reordered to and from HWIO here.
+// Primitives are cached per shape, so a jitted train step builds each one once.
 // Built by cnn_jax/onednn.py (python -m cnn_jax.onednn build); why it exists: cnn_jax/onednn.py.
 
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <tuple>
+#include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -40,6 +43,7 @@ struct Shapes {
   // HWIO kernel as oneDNN's (O, I, H, W) logical order
   dnnl::memory::desc hwio() const { return {{o, c, kh, kw}, dt::f32, tag::hwio}; }
   dnnl::memory::desc any_weights() const { return {{o, c, kh, kw}, dt::f32, tag::any}; }
+  dnnl::memory::desc bias() const { return {{o}, dt::f32, tag::a}; }
   dims strides() const { return {sh, sw}; }
   dims pad_lo() const { return {pt, pl}; }
   dims pad_hi() const { return {pb, pr}; }
@@ -75,9 +79,20 @@ std::shared_ptr<Cached> Get(const Shapes& s, int pass) {
   auto it = cache.find(s.key(pass));
   if (it != cache.end()) return it->second;
   auto c = std::make_shared<Cached>();
-  c->fwd_pd = ForwardPd(s, pass == 0 ? dnnl::prop_kind::forward_inference
-                                     : dnnl::prop_kind::forward_training);
-  if (pass == 0) {
+  if (pass >= 3) {  // inference with a bias; pass - 3 = 1 (ReLU) | 2 (add the output's content)
+    dnnl::primitive_attr attr = UserScratchpad();
+    dnnl::post_ops ops;
+    if ((pass - 3) & 2) ops.append_sum(1.f);
+    if ((pass - 3) & 1) ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    attr.set_post_ops(ops);
+    c->fwd_pd = dnnl::convolution_forward::primitive_desc(
+        Engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+        s.src(), s.any_weights(), s.bias(), s.dst(), s.strides(), s.pad_lo(), s.pad_hi(), attr);
+  } else {
+    c->fwd_pd = ForwardPd(s, pass == 0 ? dnnl::prop_kind::forward_inference
+                                       : dnnl::prop_kind::forward_training);
+  }
+  if (pass == 0 || pass >= 3) {
     c->prim = dnnl::convolution_forward(c->fwd_pd);
     c->weights = c->fwd_pd.weights_desc();
     c->scratch = c->fwd_pd.scratchpad_desc();
@@ -131,10 +146,12 @@ ffi::Error Check(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k,
   }                                                                            \
   return ffi::Error::Success();
 
-// Forward and backward-data passes: one activation in, one out, the kernel read from HWIO.
+// Forward and backward-data passes: one activation in, one out, the kernel read from HWIO,
+// and for the inference forward pass with a bias, the bias.
 void RunWithKernel(const Cached& c, const Shapes& s, int in_arg,
                    const dnnl::memory::desc& in_md, void* in, int out_arg,
-                   const dnnl::memory::desc& out_md, void* out, void* hwio) {
+                   const dnnl::memory::desc& out_md, void* out, void* hwio,
+                   void* bias = nullptr) {
   dnnl::stream stream(Engine());
   dnnl::memory user_w(s.hwio(), Engine(), hwio);
   dnnl::memory w = user_w;
@@ -143,9 +160,11 @@ void RunWithKernel(const Cached& c, const Shapes& s, int in_arg,
     c.to_prim.execute(stream, user_w, w);
   }
   dnnl::memory scratch(c.scratch, Engine());
-  c.prim.execute(stream, {{in_arg, dnnl::memory(in_md, Engine(), in)}, {DNNL_ARG_WEIGHTS, w},
-                          {out_arg, dnnl::memory(out_md, Engine(), out)},
-                          {DNNL_ARG_SCRATCHPAD, scratch}});
+  std::unordered_map<int, dnnl::memory> args = {
+      {in_arg, dnnl::memory(in_md, Engine(), in)}, {DNNL_ARG_WEIGHTS, w},
+      {out_arg, dnnl::memory(out_md, Engine(), out)}, {DNNL_ARG_SCRATCHPAD, scratch}};
+  if (bias != nullptr) args.emplace(DNNL_ARG_BIAS, dnnl::memory(s.bias(), Engine(), bias));
+  c.prim.execute(stream, args);
   stream.wait();
 }
 
@@ -158,6 +177,32 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
                           pr);
     RunWithKernel(*Get(s, 0), s, DNNL_ARG_SRC, s.src(), x.typed_data(), DNNL_ARG_DST, s.dst(),
                   y->typed_data(), k.typed_data());
+  })
+}
+
+// Inference: y = conv(x, k) + b (+ r when add is 1), then max(y, 0) when relu is 1, in one pass
+// over the output (BatchNorm is folded into k and b by the caller). r is y's buffer as given
+// (input_output_aliases), or copied there first when XLA could not alias them.
+ffi::Error ForwardBias(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> b,
+                       ffi::Buffer<ffi::F32> r, ffi::ResultBuffer<ffi::F32> y, int64_t sh,
+                       int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t relu,
+                       int64_t add) {
+  if (auto e = Check(x.dimensions(), k.dimensions(), y->dimensions()); e.failure()) return e;
+  if (b.dimensions().size() != 1 || b.dimensions()[0] != k.dimensions()[3] ||
+      (add && r.element_count() != y->element_count())) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "onednn conv: expected one bias per output channel and a residual of the "
+                      "output's shape");
+  }
+  if (add && r.typed_data() != y->typed_data()) {
+    std::memcpy(y->typed_data(), r.typed_data(), y->size_bytes());
+  }
+  CNN_JAX_TRY({
+    Shapes s = MakeShapes(x.dimensions(), k.dimensions(), y->dimensions(), sh, sw, pt, pb, pl,
+                          pr);
+    RunWithKernel(*Get(s, 3 + (relu ? 1 : 0) + (add ? 2 : 0)), s, DNNL_ARG_SRC, s.src(),
+                  x.typed_data(), DNNL_ARG_DST, s.dst(), y->typed_data(), k.typed_data(),
+                  b.typed_data());
   })
 }
 
@@ -205,6 +250,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvForward, Forward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>() CNN_JAX_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvForwardBias, ForwardBias,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() CNN_JAX_ATTRS
+                                  .Attr<int64_t>("relu")
+                                  .Attr<int64_t>("add"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvBackwardData, BackwardData,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
