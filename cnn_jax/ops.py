@@ -44,14 +44,14 @@ Profile (LeNet-5 train step, batch 128, 2-core CPU, jax 0.10.2; benchmarks/RESUL
   and scaling it (one more read and write of every activation). `batch_norm_train` writes the
   gradient out, as two per-channel sums and one elementwise pass: ResNet-20 training 1.12x and
   ResNet-56 1.18x in interleaved A/Bs (benchmarks/RESULTS.md), the same numbers to float
-  rounding (tests/test_batchnorm_vjp.py). `layers.BatchNorm` uses it in training on the CPU
+  rounding (checked by the test suite). `norms.BatchNorm` uses it in training on the CPU
   backend.
 - In inference BatchNorm uses its running averages, an affine map per channel: folded into the
   convolution's kernel and a bias, it disappears into the oneDNN convolution, which also adds a
   residual block's shortcut and applies the ReLU as it writes each output tile
   (`conv_bn_inference`, used by `layers.ConvBlock`). Interleaved A/B: ResNet-20 inference
   1.52x, ResNet-56 1.38x (benchmarks/RESULTS.md); outputs and input gradients equal those of
-  the separate steps to float32 rounding (tests/test_onednn.py).
+  the separate steps to float32 rounding (checked by the test suite).
 `conv_general_dilated` is the drop-in `lax.conv_general_dilated` that `layers.Conv` uses: on the
 CPU backend it takes, in that order, oneDNN, the shifted-slice form, the col2im input gradient,
 and `lax.conv_general_dilated` behind the boundary; on other backends always the last, without
@@ -95,7 +95,7 @@ FIRST_MAX_POOL_GRAD = True
 CPU_ONEDNN_CONVS = True
 # BatchNorm's training-mode normalisation on the CPU backend as `batch_norm_train` (one custom
 # VJP, two passes over the activation each way) instead of autodiff of Flax's formula; read at
-# trace time by `layers.BatchNorm`.
+# trace time by `norms.BatchNorm`.
 CPU_BATCHNORM_VJP = True
 # Inference: a convolution followed by BatchNorm (running averages) and optionally ReLU, on
 # oneDNN as one primitive with the BatchNorm folded into the kernel and a bias

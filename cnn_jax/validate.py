@@ -155,3 +155,9 @@ def check_data_config(cfg: Any) -> None:
         table.update(SYNTHETIC_RULES)
     check_fields({k: field(cfg, k, default) for k, (default, _) in table.items()},
                  {k: rule for k, (_, rule) in table.items()}, where="data.", flag="data")
+
+
+def layer_name(module: Any) -> str:
+    """'path/to/layer (Type)' of a Flax module for error messages; the type for a top-level one."""
+    path = "/".join(module.scope.path) if module.scope is not None else ""
+    return f"{path} ({type(module).__name__})" if path else type(module).__name__
