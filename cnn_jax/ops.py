@@ -97,8 +97,8 @@ CPU_ONEDNN_CONVS = True
 # VJP, two passes over the activation each way) instead of autodiff of Flax's formula; read at
 # trace time by `norms.BatchNorm`.
 CPU_BATCHNORM_VJP = True
-# Inference: a convolution followed by BatchNorm (running averages) and optionally ReLU, on
-# oneDNN as one primitive with the BatchNorm folded into the kernel and a bias
+# Inference: a convolution followed by BatchNorm (running averages), optionally a residual add
+# and ReLU, on oneDNN as one primitive with the BatchNorm folded into the kernel and a bias
 # (`conv_bn_inference`); read at trace time by `layers.ConvBlock`.
 CPU_FUSED_INFERENCE_CONV_BN = True
 
@@ -351,7 +351,7 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
     The same formula as Flax's `nn.BatchNorm` with its defaults (variance as E[x^2] - E[x]^2,
     clipped at 0, biased; statistics summed over `axis_name` when given), with the gradient
     written out: the forward pass reads x twice (the two sums, then y = x*a + b), the backward
-    pass reads x and dy twice (the sums of dy and dy*xhat, then dx), where autodiff of the
+    pass reads x and dy twice (the sums of dy and dy*x, then dx), where autodiff of the
     formula leaves XLA more passes (it materialises x - mean). Cotangents of the returned mean
     and variance are honoured.
     """
@@ -389,7 +389,6 @@ def _batch_norm_train_bwd(epsilon, axis_name, saved, cotangents):
 
 
 batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
-
 
 
 def conv_bn_inference(x: jax.Array, kernel: jax.Array, conv_bias: jax.Array | None,
