@@ -14,7 +14,10 @@ A `Source` yields examples in one of three forms (`kind`):
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
+import json
 import os
 import socket
 from collections.abc import Callable, Iterator, Mapping
@@ -139,8 +142,10 @@ class Source:
         if self.kind == "tfds":
             return TfdsSplit(self.builder, spec, self.num_examples(spec))
         parts = [(self._base(name), index) for name, index in splits.select(spec, self.sizes, self.origin)]
-        if len(parts) == 1 and len(parts[0][1]) == len(parts[0][0][1]):
-            data, labels = parts[0][0]
+        index = parts[0][1] if len(parts) == 1 else ()
+        if len(index) and index[-1] - index[0] + 1 == len(index):  # one range: a view, no copy
+            (data, labels), _ = parts[0]
+            data, labels = data[index[0]:index[-1] + 1], labels[index[0]:index[-1] + 1]
         else:
             data = np.concatenate([d[index] for (d, _), index in parts])
             labels = np.concatenate([lab[index] for (_, lab), index in parts])
@@ -319,8 +324,56 @@ def _local(cfg: Any, name: str, directory: str) -> Source:
     return _tree_source(cfg, name, directory, kind, published=name)
 
 
+# Sources resolved inside `reuse_sources()`, newest last; None outside it.
+_reused: collections.OrderedDict[str, Source] | None = None
+REUSED_SOURCES = 2  # data configs kept at once (a sweep in one process holds no more than this)
+
+
+@contextlib.contextmanager
+def reuse_sources() -> Iterator[None]:
+    """Within the block, `resolve_source` resolves each data config once and hands back the same
+    `Source` (its file listing, decoded arrays and fingerprint) when asked again.
+
+    A training run asks three times (the data set's facts, the training batches, evaluation);
+    for CIFAR-10 as an image tree each time re-listed 60,000 files and re-read 150 MB of decoded
+    images, 0.6-1.1 s of a re-launched run's start (benchmarks/RESULTS.md, issue 15). The files
+    are read once per block, so a run sees one version of them from its start to its end;
+    outside a block nothing is kept. Nested blocks share the outer one's sources.
+    """
+    global _reused
+    if _reused is not None:
+        yield
+        return
+    _reused = collections.OrderedDict()
+    try:
+        yield
+    finally:
+        _reused = None
+
+
+def _reuse_key(cfg: Any) -> str:
+    values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    # relative data paths and the tfds data dir depend on these too
+    return json.dumps([values, os.getcwd(), os.environ.get("TFDS_DATA_DIR")], sort_keys=True,
+                      default=repr)
+
+
 def resolve_source(cfg: Any) -> Source:
-    """Finds the data set named by `cfg.name` (see module docstring for the order)."""
+    """Finds the data set named by `cfg.name` (see module docstring for the order); inside
+    `reuse_sources()`, the one found before for the same config."""
+    if _reused is None:
+        return _resolve(cfg)
+    key = _reuse_key(cfg)
+    if key in _reused:
+        _reused.move_to_end(key)
+    else:
+        _reused[key] = _resolve(cfg)
+        while len(_reused) > REUSED_SOURCES:
+            _reused.popitem(last=False)
+    return _reused[key]
+
+
+def _resolve(cfg: Any) -> Source:
     name = str(field(cfg, "name", ""))
     if name not in NAMES:
         hint = did_you_mean(name, NAMES)

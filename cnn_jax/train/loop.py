@@ -191,8 +191,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     results_step<N>.json). A run already finished with this config is reported as such even
     where `workdir` cannot be written (read-only); otherwise that is a WorkdirNotWritableError.
     """
+    from cnn_jax.data import sources
+
     try:
-        return _train_and_evaluate(config, workdir, force=force, extend=extend)
+        with sources.reuse_sources():  # the data set is listed and read once per run
+            return _train_and_evaluate(config, workdir, force=force, extend=extend)
     except workdir_lock.WorkdirNotWritableError:
         path = os.path.join(files.user_path(workdir), RESULTS_FILE)
         previous = ckpt.read_json(path)
