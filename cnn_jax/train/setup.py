@@ -23,7 +23,7 @@ from cnn_jax import files
 from cnn_jax.train import checkpoint as ckpt
 from cnn_jax.train import optim, parallel, steps
 from cnn_jax.train.state import TrainState, add_ema_batch_stats, create_train_state, \
-    init_variables, state_to_tree, tree_to_state
+    init_variables, state_to_tree, train_state_shapes, tree_to_state
 from cnn_jax.validate import check_choice, check_number
 
 # float16 is not offered: without loss scaling small gradients flush to zero (and large
@@ -160,8 +160,9 @@ class Setup:
         self.model = build_model(config, self.num_classes)
         self.input_shape = input_shape(config, self.info)
         self.schedule = optim.create_schedule(config, self.steps_per_epoch, self.total_steps)
-        param_shapes = jax.eval_shape(
-            lambda: init_variables(self.model, jax.random.PRNGKey(0), self.input_shape))[0]
+        variable_shapes = jax.eval_shape(
+            lambda: init_variables(self.model, jax.random.PRNGKey(0), self.input_shape))
+        param_shapes = variable_shapes[0]
         self.tx = optim.create_optimizer(config, self.schedule, param_shapes)
         self.step_cfg = steps.StepConfig(
             apply_fn=self.model.apply, tx=self.tx, schedule=self.schedule,
@@ -174,7 +175,8 @@ class Setup:
                                                  bn_sync=bool(config.model.get("bn_sync", True)))
         self.init_fn = functools.partial(create_train_state, self.model, self.tx, int(config.seed),
                                          self.input_shape, config.ema_decay > 0)
-        self.template = jax.eval_shape(self.init_fn)
+        self.template = train_state_shapes(variable_shapes, self.tx, int(config.seed),
+                                           config.ema_decay > 0)
 
     def state_from_tree(self, tree: dict) -> TrainState:
         """Checks a restored tree against this model's state, then places it on the devices."""

@@ -60,14 +60,29 @@ def init_variables(model: flax.linen.Module, rng: jax.Array,
 def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformation, seed: int,
                        input_shape: tuple[int, ...], ema: bool) -> TrainState:
     """A fresh state from the seed; pure, so it can run under jit with any output sharding."""
-    rng = jax.random.PRNGKey(seed)
-    init_rng, train_rng = jax.random.split(rng)
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
     params, batch_stats = init_variables(model, init_rng, input_shape)
+    return _around_variables(params, batch_stats, tx, train_rng, ema)
+
+
+def _around_variables(params: Any, batch_stats: Any, tx: optax.GradientTransformation,
+                      train_rng: jax.Array, ema: bool) -> TrainState:
+    """The state of step 0 around initial variables: optimizer state, PRNG key, EMA copies."""
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
         opt_state=tx.init(params), rng=train_rng,
         ema_params=jax.tree.map(jnp.copy, params) if ema else None,
         ema_batch_stats=jax.tree.map(jnp.copy, batch_stats) if ema else None)
+
+
+def train_state_shapes(variable_shapes: tuple[Any, Any], tx: optax.GradientTransformation,
+                       seed: int, ema: bool) -> TrainState:
+    """`jax.eval_shape` of `create_train_state` from the shapes of `init_variables`' output,
+    without tracing the model a second time (0.1-0.3 s of a run's start for ResNet-20)."""
+    def state(variables):
+        train_rng = jax.random.split(jax.random.PRNGKey(seed))[1]
+        return _around_variables(*variables, tx, train_rng, ema)
+    return jax.eval_shape(state, variable_shapes)
 
 
 def state_to_tree(state: TrainState) -> dict:
