@@ -5,7 +5,8 @@
 Measures, on random non-zero data resident on the device: images per second for a full training
 step (forward, softmax cross-entropy, backward, SGD-momentum update, BatchNorm statistics, buffers
 donated) and for inference, as the median over `--repeats` timed runs after a warm-up; the time
-to the first training step (state init + trace + compile or persistent-cache load + one run);
+to the first training step (state init + trace + compile or persistent-cache load + one run,
+after the imports, as the trainer and benchmarks/torch_baseline.py time theirs);
 compile time; and peak device memory where the backend reports it (`memory_stats()`, None on the
 CPU). The training step is the engine's `cnn_jax.train.steps.train_step` on the engine's
 `TrainState`, so the figures are those of the step that training runs.
@@ -225,6 +226,9 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     import optax
 
     from cnn_jax import host_memory, models
+    # The training engine's modules (Orbax among them: 0.2-0.4 s) load here, before the timed
+    # window, as the trainer and the PyTorch baseline import theirs before their first step's.
+    from cnn_jax.train import state, steps  # noqa: F401
 
     h, w, c = models.default_input_shape(cfg.model)
     if cfg.image_size > 0:
