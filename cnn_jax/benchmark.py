@@ -226,7 +226,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     import optax
 
     from cnn_jax import host_memory, models
-    # The training engine's modules (Orbax among them: 0.2-0.4 s) load here, before the timed
+    # The training engine's modules (Orbax among them: 0.2-0.3 s) load here, before the timed
     # window, as the trainer and the PyTorch baseline import theirs before their first step's.
     from cnn_jax.train import state, steps  # noqa: F401
 
