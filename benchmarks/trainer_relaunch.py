@@ -54,14 +54,14 @@ def main() -> None:
     for c in checkouts:
         run(c, os.path.abspath(dirs[c]), a.config, a.steps, extend=False)
     times: dict[str, list[float]] = {c: [] for c in checkouts}
+    commits = {c: subprocess.run(["git", "-C", c, "rev-parse", "--short", "HEAD"],
+                                 capture_output=True, text=True).stdout.strip() for c in checkouts}
     for r in range(a.rounds):
         for c in checkouts:
             total = a.steps * (r + 2)
             s = run(c, os.path.abspath(dirs[c]), a.config, total, extend=True)
             times[c].append(s)
-            commit = subprocess.run(["git", "-C", c, "rev-parse", "--short", "HEAD"],
-                                    capture_output=True, text=True).stdout.strip()
-            print(json.dumps({"checkout": c, "commit": commit, "round": r + 1,
+            print(json.dumps({"checkout": c, "commit": commits[c], "round": r + 1,
                               "first_step_s": round(s, 3), "load": round(os.getloadavg()[0], 2),
                               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}),
                   flush=True)

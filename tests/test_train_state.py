@@ -30,10 +30,11 @@ def test_template_equals_the_shapes_of_a_fresh_state(fields):
 
 
 def test_template_follows_the_prng_implementation():
+    before = jax.config.jax_default_prng_impl
     jax.config.update("jax_default_prng_impl", "rbg")
     try:
         setup = Setup(tiny_run.config())
         assert setup.template.rng.shape == jax.eval_shape(setup.init_fn).rng.shape == (4,)
     finally:
-        jax.config.update("jax_default_prng_impl", "threefry2x32")
+        jax.config.update("jax_default_prng_impl", before)
 

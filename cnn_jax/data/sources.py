@@ -141,14 +141,14 @@ class Source:
         """The examples of a split spec, in the source's fixed order."""
         if self.kind == "tfds":
             return TfdsSplit(self.builder, spec, self.num_examples(spec))
-        parts = [(self._base(name), index) for name, index in splits.select(spec, self.sizes, self.origin)]
-        index = parts[0][1] if len(parts) == 1 else ()
-        if len(index) and index[-1] - index[0] + 1 == len(index):  # one range: a view, no copy
-            (data, labels), _ = parts[0]
-            data, labels = data[index[0]:index[-1] + 1], labels[index[0]:index[-1] + 1]
+        parts = [(self._base(name), slice(start, stop))
+                 for name, start, stop in splits.resolve(spec, self.sizes, self.origin)]
+        if len(parts) == 1:  # one range of one base split: a view, no copy
+            (data, labels), part = parts[0]
+            data, labels = data[part], labels[part]
         else:
-            data = np.concatenate([d[index] for (d, _), index in parts])
-            labels = np.concatenate([lab[index] for (_, lab), index in parts])
+            data = np.concatenate([d[part] for (d, _), part in parts])
+            labels = np.concatenate([lab[part] for (_, lab), part in parts])
         if len(labels) == 0:
             raise ValueError(
                 f"Split {spec!r} of {self.origin} is empty; choose a split spec that selects "

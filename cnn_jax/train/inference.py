@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from cnn_jax import files, workdir_lock
+from cnn_jax.data import sources
 from cnn_jax.train import checkpoint as ckpt
 from cnn_jax.train import metrics as metrics_lib
 from cnn_jax.train import quiet, steps
@@ -76,17 +77,6 @@ def scores(m: dict) -> dict:
 # Evaluation and prediction from a workdir's newest checkpoint.
 
 
-def _reusing_sources(fn):
-    """`fn` with the data set listed and read once however often it asks (data.sources)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from cnn_jax.data import sources
-
-        with sources.reuse_sources():
-            return fn(*args, **kwargs)
-    return wrapper
-
-
 @quiet.orbax_read_only()
 def _restore_for_inference(config: ml_collections.ConfigDict, workdir: str
                            ) -> tuple[Setup, TrainState, int, dict]:
@@ -121,7 +111,7 @@ def _restore_for_inference(config: ml_collections.ConfigDict, workdir: str
     return setup, setup.state_from_tree(tree), step, meta
 
 
-@_reusing_sources
+@sources.reuse_sources()  # the data set is listed and read once
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Evaluates the newest checkpoint on config.data.eval_split; writes DIR/eval_metrics.json."""
     workdir = files.user_path(workdir)
@@ -175,7 +165,7 @@ def load_image(path: str, shape: tuple[int, ...], mean: Any, std: Any) -> np.nda
     return (x - mean) / std
 
 
-@_reusing_sources
+@sources.reuse_sources()
 def predict(config: ml_collections.ConfigDict, workdir: str, image_paths: list[str],
             top_k: int = 5) -> list[dict]:
     """Top-k classes with probabilities for each image file, from the newest checkpoint.

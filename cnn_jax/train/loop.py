@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging
 
 from cnn_jax import files, workdir_lock
+from cnn_jax.data import sources
 from cnn_jax.train import checkpoint as ckpt
 from cnn_jax.train import metrics as metrics_lib
 from cnn_jax.train import divergence, finetune, steps
@@ -191,8 +192,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     results_step<N>.json). A run already finished with this config is reported as such even
     where `workdir` cannot be written (read-only); otherwise that is a WorkdirNotWritableError.
     """
-    from cnn_jax.data import sources
-
     try:
         with sources.reuse_sources():  # the data set is listed and read once per run
             return _train_and_evaluate(config, workdir, force=force, extend=extend)
