@@ -15,14 +15,15 @@ venv: $(STAMP)
 
 # Installs exactly requirements.lock, then the package itself (no dependency resolution, no build
 # isolation: setuptools comes from the lock too), so every machine gets the same environment.
-# Then compiles the oneDNN convolution handlers (cnn_jax/onednn.py); without a C++ compiler it
-# says so and cnn_jax uses XLA's convolutions.
-$(STAMP): pyproject.toml requirements.lock cnn_jax/native/onednn_conv.cc
+# Then compiles the oneDNN convolution handlers (cnn_jax/onednn.py) and the Threefry handler
+# (cnn_jax/threefry.py); without a C++ compiler it says so and cnn_jax uses XLA's and JAX's own.
+$(STAMP): pyproject.toml requirements.lock cnn_jax/native/onednn_conv.cc cnn_jax/native/threefry.cc
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m pip check
 	$(PY) -m cnn_jax.onednn build || echo "WARNING: oneDNN convolutions not built; XLA's are used"
+	$(PY) -m cnn_jax.threefry build || echo "WARNING: Threefry handler not built; JAX's is used"
 	touch $(STAMP)
 
 # Re-resolves pyproject.toml's ranges into requirements.lock on purpose (needs PyPI).

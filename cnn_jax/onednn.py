@@ -29,11 +29,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import warnings
 from collections.abc import Sequence
@@ -43,7 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCE = Path(__file__).resolve().parent / "native" / "onednn_conv.cc"
+from cnn_jax import native
+
+SOURCE = native.SOURCES / "onednn_conv.cc"
 ENV_SWITCH = "CNN_JAX_ONEDNN"  # "0" turns the oneDNN convolutions off
 _TARGETS = ("Forward", "ForwardBias", "BackwardData", "BackwardWeights")
 _state: dict[str, object] = {}
@@ -55,8 +54,7 @@ def _prefix() -> Path:
 
 def library_path() -> Path:
     """Where the compiled handlers live: the environment's lib/, named by the source's hash."""
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
-    return _prefix() / "lib" / f"libcnn_jax_onednn-{digest}.so"
+    return native.library_path(SOURCE, "libcnn_jax_onednn")
 
 
 def _dnnl_lib() -> Path:
@@ -75,26 +73,18 @@ def build(quiet: bool = False) -> Path:
     out = library_path()
     if out.exists():
         return out
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     include = _prefix() / "include"
     missing = [what for what, ok in (
-        ("a C++ compiler (g++; Debian: apt-get install g++)", cxx),
+        ("a C++ compiler (g++; Debian: apt-get install g++)", native.compiler()),
         (f"oneDNN headers in {include} (pip install onednn-devel-cpu-gomp)",
          (include / "oneapi" / "dnnl" / "dnnl.hpp").exists()),
         (f"oneDNN in {_dnnl_lib()} (pip install onednn-cpu-gomp)", _dnnl_lib().exists()),
     ) if not ok]
     if missing:
         raise RuntimeError("cannot build the oneDNN convolutions: missing " + "; ".join(missing))
-    tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", f"-I{include}",
-           f"-I{jax.ffi.include_dir()}", str(SOURCE), f"-L{_dnnl_lib().parent}", "-l:libdnnl.so.3",
-           "-Wl,-rpath,$ORIGIN", "-o", str(tmp)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"building the oneDNN convolutions failed ({' '.join(cmd)}):\n"
-                           f"{proc.stderr[-4000:]}")
-    tmp.replace(out)  # atomic: a concurrent build or load never sees half a file
+    native.compile_library(SOURCE, out, ["-O2", f"-I{include}", f"-L{_dnnl_lib().parent}",
+                                         "-l:libdnnl.so.3", "-Wl,-rpath,$ORIGIN"],
+                           "the oneDNN convolutions")
     if not quiet:
         print(f"built {out}")
     return out

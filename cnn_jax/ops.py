@@ -71,7 +71,10 @@ import jax.numpy as jnp
 from flax.linen.linear import canonicalize_padding
 from jax import lax
 
-from cnn_jax import onednn
+from cnn_jax import onednn, threefry
+
+# jax.random's hash as one call on the CPU backend (same bits; cnn_jax/threefry.py).
+threefry.install()
 
 # Shifted-slice convolution when kh * kw * c_in is at most this (LeNet conv1: 25; a 3x3 RGB
 # stem: 27). Beyond it XLA's conv kernels win.
