@@ -20,6 +20,7 @@ __attribute__((target_clones("avx512f", "avx2", "default")))
 void Hash(size_t n, const uint32_t* k1, const uint32_t* k2, const uint32_t* x1,
           const uint32_t* x2, uint32_t* y1, uint32_t* y2) {
   static const uint32_t kRotations[2][4] = {{13, 15, 26, 6}, {17, 29, 16, 24}};
+#pragma omp parallel for schedule(static) if (n >= (size_t{1} << 18))
   for (size_t i = 0; i < n; ++i) {
     const uint32_t ks[3] = {k1[i], k2[i], k1[i] ^ k2[i] ^ 0x1BD11BDAu};
     uint32_t v0 = x1[i] + ks[0];
