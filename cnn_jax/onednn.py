@@ -30,7 +30,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import platform
 import sys
 import warnings
 from collections.abc import Sequence
@@ -59,10 +58,6 @@ def library_path() -> Path:
 
 def _dnnl_lib() -> Path:
     return _prefix() / "lib" / "libdnnl.so.3"
-
-
-def _supported_platform() -> bool:
-    return platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64")
 
 
 def build(quiet: bool = False) -> Path:
@@ -98,7 +93,7 @@ def available() -> bool:
     if "ok" in _state:
         return bool(_state["ok"])
     ok = False
-    if os.environ.get(ENV_SWITCH, "1") == "0" or not _supported_platform():
+    if os.environ.get(ENV_SWITCH, "1") == "0" or not native.supported_platform():
         _state["ok"] = False
         return False
     try:
@@ -219,19 +214,7 @@ _conv_bias.defvjp(_conv_bias_fwd, _conv_bias_bwd)
 
 
 def main(argv: Sequence[str]) -> int:
-    if list(argv[1:]) != ["build"]:
-        print("usage: python -m cnn_jax.onednn build", file=sys.stderr)
-        return 2
-    if not _supported_platform():
-        print(f"cnn_jax.onednn: nothing to build on {platform.system()} {platform.machine()} "
-              "(x86-64 Linux only); XLA's convolutions are used")
-        return 0
-    try:
-        build()
-    except RuntimeError as e:
-        print(f"ERROR: {e}\nXLA's convolutions will be used.", file=sys.stderr)
-        return 1
-    return 0
+    return native.build_command(argv, "cnn_jax.onednn", build, "XLA's convolutions are")
 
 
 if __name__ == "__main__":

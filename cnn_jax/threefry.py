@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import sys
 import warnings
 
@@ -72,8 +71,7 @@ def install() -> bool:
         return _state["on"]
     on = False
     path = library_path()
-    if (os.environ.get(ENV_SWITCH, "1") != "0" and platform.system() == "Linux"
-            and platform.machine() in ("x86_64", "AMD64") and path.exists()):
+    if os.environ.get(ENV_SWITCH, "1") != "0" and native.supported_platform() and path.exists():
         try:
             # libgomp reads this when it loads: threads that sleep after a large draw instead
             # of spinning for the CPU that XLA's threads need (as cnn_jax.onednn sets it).
@@ -93,15 +91,7 @@ def install() -> bool:
 
 
 def main(argv) -> int:
-    if list(argv[1:]) != ["build"]:
-        print("usage: python -m cnn_jax.threefry build", file=sys.stderr)
-        return 2
-    try:
-        build()
-    except RuntimeError as e:
-        print(f"ERROR: {e}\nJAX's own Threefry lowering will be used.", file=sys.stderr)
-        return 1
-    return 0
+    return native.build_command(argv, "cnn_jax.threefry", build, "JAX's own Threefry lowering is")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 SOURCES = Path(__file__).resolve().parent
@@ -47,3 +49,26 @@ def compile_library(source: Path, out: Path, flags: list[str], what: str) -> Pat
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp.replace(out)
     return out
+
+
+def supported_platform() -> bool:
+    """x86-64 Linux: where the handlers (and their x86 instruction-set variants) are built."""
+    return platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64")
+
+
+def build_command(argv: Sequence[str], module: str, build: Callable[[], Path],
+                  fallback: str) -> int:
+    """`python -m <module> build`: builds, or says why not and what is used instead."""
+    if list(argv[1:]) != ["build"]:
+        print(f"usage: python -m {module} build", file=sys.stderr)
+        return 2
+    if not supported_platform():
+        print(f"{module}: nothing to build on {platform.system()} {platform.machine()} "
+              f"(x86-64 Linux only); {fallback} used")
+        return 0
+    try:
+        build()
+    except RuntimeError as e:
+        print(f"ERROR: {e}\n{fallback} will be used.", file=sys.stderr)
+        return 1
+    return 0
