@@ -29,8 +29,12 @@ import platform
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
-# freed memory at the top of the heap is returned to the system only beyond this (int, bytes)
-TRIM_THRESHOLD = 2**31 - 1
+# Freed memory at the top of the heap is returned to the system only beyond this many bytes.
+# glibc reads the int as a size_t, so -1 means never. At 2**31 - 1 (the largest positive int) a
+# heap with more than 2 GiB free at its top was trimmed and grown again: ResNet-56 at batch 128
+# (528 MiB of temporaries a step) went 1,045 -> 2,630 MiB, back to 517, then grew again, 135,000
+# page faults each time (benchmarks/cpu_logs/2026-12-07-avx2/probe_heap_vm.txt).
+TRIM_THRESHOLD = -1
 
 _applied: bool | None = None
 

@@ -55,6 +55,42 @@ def test_reallocated_buffers_reuse_their_pages():
     assert on < off // 20, (on, off)
 
 
+_TRIM_PROBE = """
+import ctypes, resource, sys
+from cnn_jax import host_memory
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+assert host_memory.keep_host_buffers()
+if sys.argv[1] == "int_max":  # the previous setting, the largest positive int
+    assert libc.mallopt(host_memory.M_TRIM_THRESHOLD, 2**31 - 1) == 1
+size = 720 * 2**20  # three of them free at the top of the heap: more than 2 GiB
+bufs = [libc.malloc(size) for _ in range(3)]
+for b in bufs:
+    ctypes.memset(b, 1, size)
+for b in reversed(bufs):
+    libc.free(b)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+bufs = [libc.malloc(size) for _ in range(3)]
+for b in bufs:
+    ctypes.memset(b, 1, size)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@glibc_only
+def test_a_heap_with_more_than_2_gib_free_is_not_trimmed():
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", _TRIM_PROBE, mode], capture_output=True,
+                             text=True, timeout=120, cwd=REPO)
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout.split()[-1])
+
+    trimmed, kept = faults("int_max"), faults("default")
+    assert trimmed > 400_000, trimmed  # 2160 MiB faulted in again (552,960 pages of 4 KiB)
+    assert kept < trimmed // 100, (kept, trimmed)
+
+
 def test_keep_host_buffers_is_a_no_op_without_glibc(monkeypatch):
     monkeypatch.setattr(host_memory, "_applied", None)
     monkeypatch.setattr(host_memory, "_libc", lambda: None)
