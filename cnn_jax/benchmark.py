@@ -225,7 +225,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     import jax.numpy as jnp
     import optax
 
-    from cnn_jax import host_memory, models
+    from cnn_jax import host_memory, models, python_gc
     # The training engine's modules (Orbax among them: 0.2-0.3 s) load here, before the timed
     # window, as the trainer and the PyTorch baseline import theirs before their first step's.
     from cnn_jax.train import state, steps  # noqa: F401
@@ -257,6 +257,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "cache_dir": jax.config.jax_compilation_cache_dir or "",
         "keep_host_buffers": host_memory.kept(),
+        "python_gc_settled": python_gc.settled(),
         "loadavg_start": round(os.getloadavg()[0], 2),
     }
 
@@ -374,6 +375,14 @@ def main(argv: list[str]) -> None:
         steps_per_dispatch=FLAGS.steps_per_dispatch,
         data=FLAGS.data, data_examples=FLAGS.data_examples,
         overrides=parse_overrides(FLAGS.set))
+    # What run() imports, loaded here so that python_gc.settle() freezes it with the rest.
+    import flax  # noqa: F401
+    import optax  # noqa: F401
+
+    from cnn_jax import models, python_gc  # noqa: F401
+    from cnn_jax.train import state, steps  # noqa: F401
+
+    python_gc.settle()
     try:
         result = run(cfg)
     except ValueError as e:

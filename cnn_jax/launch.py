@@ -256,7 +256,8 @@ def run(mode: str) -> int:
         apply_xla_flags(FLAGS.xla_cpu_flags)  # read by XLA when the backend starts
     if multihost_requested():
         init_distributed()  # before anything initialises a JAX backend
-    from cnn_jax import train
+    from cnn_jax import python_gc, train
+    python_gc.settle()  # after the imports, before a model is built and traced
     config = FLAGS.config
     if mode == "train":
         results = train.train_and_evaluate(config, FLAGS.workdir, force=FLAGS.force,

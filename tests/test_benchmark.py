@@ -62,6 +62,7 @@ def test_xla_flags_merge_keeps_user_setting(monkeypatch):
 
 def test_cli_prints_one_json_object():
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("CNN_JAX_GC", None)
     out = subprocess.run(
         [sys.executable, "-m", "cnn_jax.benchmark", "--model=mlp", "--batch=2", "--steps=1",
          "--repeats=1", "--warmup=0", "--mode=infer", "--set=hidden_sizes=(16,)", "--json"],
@@ -71,6 +72,7 @@ def test_cli_prints_one_json_object():
     assert result["overrides"] == {"hidden_sizes": [16]}
     assert "train_img_per_s" not in result
     assert benchmark.RECOMMENDED_CPU_XLA_FLAGS in result["xla_flags"]
+    assert result["python_gc_settled"] is True  # settled after its imports (cnn_jax.python_gc)
 
 
 def test_torch_baseline_json_shape():
