@@ -13,7 +13,7 @@ _PROBE = """
 import gc, sys, weakref
 from cnn_jax import python_gc
 default = gc.get_threshold()
-modules = [object() for _ in range(1000)]  # alive before settle: frozen with the modules
+modules = [[] for _ in range(1000)]  # containers alive before settle: frozen with the modules
 settled = python_gc.settle()
 print(settled, python_gc.settled(), default[0], gc.get_threshold()[0], gc.get_freeze_count())
 more = [[] for _ in range(1000)]
