@@ -39,6 +39,7 @@ def compile_library(source: Path, out: Path, flags: list[str], what: str) -> Pat
     if cxx is None:
         raise RuntimeError(f"cannot build {what}: no C++ compiler (g++; Debian: apt-get install "
                            "g++)")
+    out.parent.mkdir(parents=True, exist_ok=True)  # the compiler writes tmp beside out
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
     cmd = [cxx, "-std=c++17", "-shared", "-fPIC", f"-I{jax.ffi.include_dir()}",
            str(source), *flags, "-o", str(tmp)]
@@ -46,7 +47,6 @@ def compile_library(source: Path, out: Path, flags: list[str], what: str) -> Pat
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"building {what} failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp.replace(out)
     return out
 
