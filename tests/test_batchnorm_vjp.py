@@ -77,6 +77,21 @@ def test_same_variables_as_flax():
             np.testing.assert_array_equal(a, b)
 
 
+def test_initialisation_takes_the_custom_vjp_and_gives_flax_output():
+    """Training-mode init runs ops.batch_norm_train (a cheaper trace than Flax's formula): the
+    same output as Flax's init, running averages left at their initial values."""
+    x = jax.random.normal(jax.random.PRNGKey(6), (4, 3, 3, 5)) * 2 + 1
+    init = lambda cls: cls(use_running_average=False).init_with_output(  # noqa: E731
+        jax.random.PRNGKey(0), x)
+    (got_y, got_vars), (want_y, want_vars) = init(layers.BatchNorm), init(nn.BatchNorm)
+    np.testing.assert_allclose(got_y, want_y, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(got_vars), jax.tree.leaves(want_vars)):
+        np.testing.assert_array_equal(a, b)
+    module = layers.BatchNorm(use_running_average=False)
+    assert "custom_vjp_call" in str(jax.make_jaxpr(
+        lambda x: module.init(jax.random.PRNGKey(0), x))(x))
+
+
 def test_cotangents_of_mean_and_variance_are_honoured():
     x = jax.random.normal(jax.random.PRNGKey(3), (6, 2, 2, 4)) + 0.5
     scale, bias = jnp.linspace(1, 2, 4), jnp.zeros(4)

@@ -294,3 +294,30 @@ def test_eval_flip_tta_averages_the_logits_of_image_and_mirror():
     sym = dict(batch, image=(batch["image"] + batch["image"][:, :, ::-1]) / 2)
     a, b = steps.eval_step(state, sym, tta), steps.eval_step(state, sym, cfg)
     np.testing.assert_allclose(float(a["loss"]), float(b["loss"]), rtol=1e-5)
+
+
+def test_global_norm_equals_optax_tree_norm():
+    rng = np.random.default_rng(3)
+    tree = {"conv": {"kernel": rng.normal(size=(3, 3, 4, 8)).astype(np.float32),
+                     "bias": rng.normal(size=8).astype(np.float32)},
+            "scalars": [np.float32(-2.5), np.float32(0.0)], "big": rng.normal(size=5000) * 30}
+    tree = jax.tree.map(jnp.asarray, tree)
+    want = float(optax.tree.norm(tree))
+    assert float(steps.global_norm(tree)) == pytest.approx(want, rel=1e-6)
+    assert float(jax.jit(steps.global_norm)(tree)) == pytest.approx(want, rel=1e-6)
+    assert float(steps.global_norm({})) == 0.0
+
+
+def test_train_step_reports_the_gradient_norm():
+    c = _config(name="sgd", lr=0.05, schedule="constant")
+    cfg, state = _setup(c)
+    batch = _batch()
+
+    def loss(params):
+        out = cfg.apply_fn({"params": params, "batch_stats": state.batch_stats}, batch["image"],
+                           train=True, mutable=["batch_stats"])[0]
+        return jnp.mean(steps.cross_entropy(out, jax.nn.one_hot(batch["label"], cfg.num_classes), 0.0))
+    want = float(optax.tree.norm(jax.grad(loss)(state.params)))
+    _, m = jax.jit(lambda s, b: steps.train_step(s, b, cfg))(state, batch)
+    assert float(m["grad_norm"]) == pytest.approx(want, rel=1e-4)
+    assert want > 0

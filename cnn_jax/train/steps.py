@@ -6,6 +6,7 @@ Steps never touch files or the host; `axis_name` is set when the step runs under
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +62,18 @@ def confusion_counts(logits: jax.Array, labels: jax.Array, real: jax.Array,
     return counts.at[labels, pred].add(real.astype(jnp.int32), mode="drop")
 
 
+def global_norm(tree: Any) -> jax.Array:
+    """The L2 norm of all leaves of `tree` together, as `optax.tree.norm` gives it for real leaves.
+
+    Written out because `optax.tree.norm` squares the real and the imaginary part of every leaf
+    (it supports complex trees): six traced equations per leaf where this takes three (square,
+    sum, add), and the train step's trace and lowering pay for each equation on every launch.
+    """
+    sums = [jax.lax.reduce_sum(jax.lax.square(x), tuple(range(x.ndim))).astype(jnp.float32)
+            for x in jax.tree.leaves(tree)]
+    return jnp.sqrt(functools.reduce(jax.lax.add, sums)) if sums else jnp.zeros((), jnp.float32)
+
+
 def _targets(batch: dict, num_classes: int) -> jax.Array:
     if "targets" in batch:
         return batch["targets"].astype(jnp.float32)
@@ -107,7 +120,7 @@ def train_step(state: TrainState, batch: dict, cfg: StepConfig) -> tuple[TrainSt
         ema = optax.incremental_update(params, ema, 1.0 - cfg.ema_decay)
         ema_stats = optax.incremental_update(batch_stats, ema_stats, 1.0 - cfg.ema_decay)
     metrics["lr"] = jnp.asarray(cfg.schedule(state.step), jnp.float32)
-    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["grad_norm"] = global_norm(grads)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state, ema_params=ema, ema_batch_stats=ema_stats)
     return new_state, metrics
