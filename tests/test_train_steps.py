@@ -316,7 +316,8 @@ def test_train_step_reports_the_gradient_norm():
     def loss(params):
         out = cfg.apply_fn({"params": params, "batch_stats": state.batch_stats}, batch["image"],
                            train=True, mutable=["batch_stats"])[0]
-        return jnp.mean(steps.cross_entropy(out, jax.nn.one_hot(batch["label"], cfg.num_classes), 0.0))
+        targets = jax.nn.one_hot(batch["label"], cfg.num_classes)
+        return jnp.mean(steps.cross_entropy(out, targets, 0.0))
     want = float(optax.tree.norm(jax.grad(loss)(state.params)))
     _, m = jax.jit(lambda s, b: steps.train_step(s, b, cfg))(state, batch)
     assert float(m["grad_norm"]) == pytest.approx(want, rel=1e-4)
