@@ -69,10 +69,10 @@ class LayerNorm(GroupNorm):
 class BatchNorm(nn.BatchNorm):
     """Flax's `nn.BatchNorm` (same variables, same numbers), whose training-mode pass on the CPU
     backend runs `ops.batch_norm_train`: a custom VJP with two passes over the activation in
-    each direction (`ops.CPU_BATCHNORM_VJP`), initialisation included (its trace is cheaper:
-    Flax's formula is some 40 nested jits per layer). Inference, masks, float32-only settings
-    aside (other dtypes, axes, axis groups, no scale or bias, exact variance) and other
-    backends take Flax's own code.
+    each direction (`ops.CPU_BATCHNORM_VJP`), initialisation included (a cheaper trace than
+    Flax's formula, whose jnp operators are each a nested jit). Inference, masks, float32-only
+    settings aside (other dtypes, axes, axis groups, no scale or bias, exact variance) and
+    other backends take Flax's own code.
     """
 
     @nn.compact
