@@ -14,7 +14,10 @@ and a residual and applies a ReLU as it writes its output, which `cnn_jax.ops.co
 uses with BatchNorm folded into the kernel and the bias. The library is PyPI's
 `onednn-cpu-gomp` (oneDNN 3.2, GNU OpenMP threads), its headers `onednn-devel-cpu-gomp`; the
 handlers are compiled with the system's C++ compiler into the environment's `lib/` by
-`python -m cnn_jax.onednn build` (`make venv` runs it).
+`python -m cnn_jax.onednn build` (`make venv` runs it). On CPUs with AVX2 but not AVX-512 the
+handlers take oneDNN's direct kernels instead of its first choice (brgemm) for the forward pass of
+1x1 convolutions and both passes of strided ones, which were faster there (benchmarks/RESULTS.md);
+CNN_JAX_ONEDNN_PICK=first keeps oneDNN's first choice.
 
 `conv` is used by `cnn_jax.ops.conv_general_dilated` on the CPU backend for float32 NHWC
 convolutions without dilation or groups, when `available()`; everything else, and every

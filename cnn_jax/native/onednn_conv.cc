@@ -6,10 +6,12 @@
 // Built by cnn_jax/onednn.py (python -m cnn_jax.onednn build); why it exists: cnn_jax/onednn.py.
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <tuple>
 #include <unordered_map>
 
@@ -68,10 +70,47 @@ dnnl::primitive_attr UserScratchpad() {
   return attr;
 }
 
-dnnl::convolution_forward::primitive_desc ForwardPd(const Shapes& s, dnnl::prop_kind kind) {
-  return dnnl::convolution_forward::primitive_desc(
-      Engine(), kind, dnnl::algorithm::convolution_direct, s.src(), s.any_weights(), s.dst(),
-      s.strides(), s.pad_lo(), s.pad_hi(), UserScratchpad());
+// Whether to look past oneDNN's first choice. On CPUs with AVX2 but not AVX-512, oneDNN 3.2 ranks
+// its brgemm kernels first; on an AVX2 AMD EPYC its direct "jit" kernels took less time for the
+// forward pass of 1x1 convolutions (7-17%) and for the forward pass and input gradient of strided
+// ones (up to 50%) (benchmarks/RESULTS.md, "oneDNN's implementations on AVX2"). Elsewhere (3x3
+// stride 1; the input gradient of 1x1 stride 1) neither won consistently: first choice kept.
+// The weight gradient's first choice is already a direct kernel. CNN_JAX_ONEDNN_PICK=first keeps
+// oneDNN's first choice everywhere.
+bool PreferDirect(const Shapes& s, int pass) {
+  static const bool first_only = [] {
+    const char* v = std::getenv("CNN_JAX_ONEDNN_PICK");
+    return v != nullptr && std::string(v) == "first";
+  }();
+  bool strided = s.sh > 1 || s.sw > 1, one_by_one = s.kh == 1 && s.kw == 1;
+  return !first_only && pass != 2 && (strided || (pass != 1 && one_by_one));
+}
+
+bool Avx2Brgemm(const std::string& impl) {
+  return impl.rfind("brg", 0) == 0 && impl.find(":avx2") != std::string::npos;
+}
+
+// make() builds a primitive descriptor at oneDNN's first choice. When `direct` and that choice is
+// an AVX2 brgemm kernel, steps to the first AVX2 direct "jit" kernel; if there is none, builds
+// the first choice again (next_impl() cannot step back).
+template <class Make>
+auto Pick(Make make, bool direct) {
+  auto pd = make();
+  if (!direct || !Avx2Brgemm(pd.impl_info_str())) return pd;
+  while (pd.next_impl()) {
+    std::string impl = pd.impl_info_str();
+    if (impl.rfind("jit", 0) == 0 && impl.find(":avx2") != std::string::npos) return pd;
+  }
+  return make();
+}
+
+dnnl::convolution_forward::primitive_desc ForwardPd(const Shapes& s, dnnl::prop_kind kind,
+                                                    bool direct = false) {
+  return Pick([&] {
+    return dnnl::convolution_forward::primitive_desc(
+        Engine(), kind, dnnl::algorithm::convolution_direct, s.src(), s.any_weights(), s.dst(),
+        s.strides(), s.pad_lo(), s.pad_hi(), UserScratchpad());
+  }, direct);
 }
 
 std::shared_ptr<Cached> Get(const Shapes& s, int pass) {
@@ -85,21 +124,27 @@ std::shared_ptr<Cached> Get(const Shapes& s, int pass) {
     if ((pass - 3) & 2) ops.append_sum(1.f);
     if ((pass - 3) & 1) ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
     attr.set_post_ops(ops);
-    c->fwd_pd = dnnl::convolution_forward::primitive_desc(
-        Engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-        s.src(), s.any_weights(), s.bias(), s.dst(), s.strides(), s.pad_lo(), s.pad_hi(), attr);
+    c->fwd_pd = Pick([&] {
+      return dnnl::convolution_forward::primitive_desc(
+          Engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+          s.src(), s.any_weights(), s.bias(), s.dst(), s.strides(), s.pad_lo(), s.pad_hi(),
+          attr);
+    }, PreferDirect(s, pass));
   } else {
     c->fwd_pd = ForwardPd(s, pass == 0 ? dnnl::prop_kind::forward_inference
-                                       : dnnl::prop_kind::forward_training);
+                                       : dnnl::prop_kind::forward_training,
+                          pass == 0 && PreferDirect(s, pass));
   }
   if (pass == 0 || pass >= 3) {
     c->prim = dnnl::convolution_forward(c->fwd_pd);
     c->weights = c->fwd_pd.weights_desc();
     c->scratch = c->fwd_pd.scratchpad_desc();
   } else if (pass == 1) {
-    dnnl::convolution_backward_data::primitive_desc pd(
-        Engine(), dnnl::algorithm::convolution_direct, s.src(), s.any_weights(), s.dst(),
-        s.strides(), s.pad_lo(), s.pad_hi(), c->fwd_pd, UserScratchpad());
+    auto pd = Pick([&] {
+      return dnnl::convolution_backward_data::primitive_desc(
+          Engine(), dnnl::algorithm::convolution_direct, s.src(), s.any_weights(), s.dst(),
+          s.strides(), s.pad_lo(), s.pad_hi(), c->fwd_pd, UserScratchpad());
+    }, PreferDirect(s, pass));
     c->prim = dnnl::convolution_backward_data(pd);
     c->weights = pd.weights_desc();
     c->scratch = pd.scratchpad_desc();
