@@ -72,8 +72,8 @@ dnnl::primitive_attr UserScratchpad() {
 
 // Whether to look past oneDNN's first choice. On CPUs with AVX2 but not AVX-512, oneDNN 3.2 ranks
 // its brgemm kernels first; on an AVX2 AMD EPYC its direct "jit" kernels took less time for the
-// forward pass of 1x1 convolutions (7-17%) and for the forward pass and input gradient of strided
-// ones (up to 50%) (benchmarks/RESULTS.md, "oneDNN's implementations on AVX2"). Elsewhere (3x3
+// forward pass of 1x1 convolutions (6-17%) and for the forward pass and input gradient of strided
+// ones (3-53%) (benchmarks/RESULTS.md, "oneDNN's implementations on AVX2"). Elsewhere (3x3
 // stride 1; the input gradient of 1x1 stride 1) neither won consistently: first choice kept.
 // The weight gradient's first choice is already a direct kernel. CNN_JAX_ONEDNN_PICK=first keeps
 // oneDNN's first choice everywhere.
