@@ -1,6 +1,6 @@
-"""cnn_jax.native.compile_library: a library lands at its path, into a folder that does not exist
+"""cnn_jax.native: compile_library puts a library at its path, into a folder that does not exist
 yet, and a compiler error is a RuntimeError naming what was built (needs a C++ compiler, as
-`make venv` does)."""
+`make venv` does); `python -m ... build` says what failed and what is used instead."""
 
 import ctypes
 
@@ -29,3 +29,16 @@ def test_compile_error_is_a_runtime_error(tmp_path):
     with pytest.raises(RuntimeError, match="building a test library failed"):
         native.compile_library(source, out, [], "a test library")
     assert list(out.parent.iterdir()) == []
+
+
+def test_build_command_says_what_failed_and_what_is_used_instead(capsys, monkeypatch):
+    monkeypatch.setattr(native, "supported_platform", lambda: True)
+
+    def fails():
+        raise RuntimeError("cannot build the handlers: missing g++")
+
+    assert native.build_command(["prog", "build"], "cnn_jax.x", fails, "XLA's ops are") == 1
+    err = capsys.readouterr().err
+    assert err == "ERROR: cannot build the handlers: missing g++\nXLA's ops are used instead.\n"
+    assert native.build_command(["prog"], "cnn_jax.x", fails, "XLA's ops are") == 2
+    assert "usage: python -m cnn_jax.x build" in capsys.readouterr().err

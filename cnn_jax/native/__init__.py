@@ -69,6 +69,6 @@ def build_command(argv: Sequence[str], module: str, build: Callable[[], Path],
     try:
         build()
     except RuntimeError as e:
-        print(f"ERROR: {e}\n{fallback} will be used.", file=sys.stderr)
+        print(f"ERROR: {e}\n{fallback} used instead.", file=sys.stderr)
         return 1
     return 0
