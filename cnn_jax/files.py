@@ -22,6 +22,12 @@ def user_path(path: str | os.PathLike) -> str:
     return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 
+def config_value(key: str, value: Any) -> Any:
+    """A config field's value as runs compare it: `data.path` with `~` expanded, since configs
+    record it as written ("~/data/...") and older records hold it expanded."""
+    return os.path.expanduser(value) if key == "data.path" and isinstance(value, str) else value
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
     """Calls `write(f)` on a temporary file beside `path`, then renames it to `path` (0644)."""
     path = Path(path)

@@ -163,9 +163,11 @@ CIFAR10_DATA_HINT = (
 CIFAR10_DATA_CHOICES = ("cifar10", "synthetic")
 
 
-def cifar10_path() -> str:
-    """The CIFAR-10 JPEG root: $CNN_JAX_CIFAR10, else ~/data/cifar10-jpeg."""
-    return os.path.expanduser(os.environ.get(CIFAR10_ENV_VAR) or CIFAR10_DEFAULT_PATH)
+def cifar10_path(expand: bool = True) -> str:
+    """The CIFAR-10 JPEG root: $CNN_JAX_CIFAR10, else ~/data/cifar10-jpeg; with `~` expanded, or
+    as written (`expand=False`: what configs record, so that they name no one machine's home)."""
+    path = os.environ.get(CIFAR10_ENV_VAR) or CIFAR10_DEFAULT_PATH
+    return os.path.expanduser(path) if expand else path
 
 
 def he2016_recipe(epochs: int) -> ml_collections.ConfigDict:
@@ -208,7 +210,7 @@ def set_cifar10_data(c: ml_collections.ConfigDict, data: str, runlocal: bool) ->
     if data == "cifar10":
         root = cifar10_path()
         c.data.name = "cifar10"
-        c.data.path = root
+        c.data.path = cifar10_path(expand=False)  # the data reader expands `~`
         c.data.train_split = "train[:90%]"
         c.data.val_split = "train[90%:]"
         c.data.eval_split = "test" if os.path.isdir(os.path.join(root, "test")) else "train[90%:]"

@@ -4,6 +4,7 @@
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from cnn_jax import sweep
 
@@ -137,3 +138,23 @@ def test_seeds_axis_names_the_points_and_sets_config_seed(name, first, monkeypat
         config = module.get_config(argv[0].split(":", 1)[1])
         assert config.seed == axes["seed"]
     assert module.get_config().seed == 0
+
+
+def test_default_data_path_is_recorded_with_tilde_and_read_expanded(monkeypatch, tmp_path):
+    # the config (and so config.json and results.json) names no one machine's home folder; the
+    # data reader, the sweep's data check and a resumed run's config check all expand `~`
+    from cnn_jax import data
+    from cnn_jax.train import checkpoint
+    monkeypatch.delenv("CNN_JAX_CIFAR10", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    tree = tmp_path / "data" / "cifar10-jpeg"
+    for split in ("train", "test"):
+        (tree / split / "cat").mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(tree / split / "cat" / "0.jpg")
+    c = _load("ablation_depth").get_config("depth=20")
+    assert c.data.path == "~/data/cifar10-jpeg"
+    assert c.data.eval_split == "test"  # the folder check expanded `~`
+    assert data.sources.resolve_source(c.data).name == "cifar10"
+    stored = {"data": {"path": str(tree)}}  # a run recorded before paths kept `~`
+    assert checkpoint.config_differences(stored, {"data": {"path": "~/data/cifar10-jpeg"}}) == []
+    assert checkpoint.config_differences(stored, {"data": {"path": "~/elsewhere"}}) != []

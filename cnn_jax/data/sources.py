@@ -378,7 +378,7 @@ def _resolve(cfg: Any) -> Source:
     if name not in NAMES:
         hint = did_you_mean(name, NAMES)
         raise ValueError(f"Unknown data set data.name={name!r}; valid names: {list(NAMES)}.{hint}")
-    path = str(field(cfg, "path", "") or "")
+    path = os.path.expanduser(str(field(cfg, "path", "") or ""))  # configs may keep `~`
     if name == "synthetic":
         return _synthetic(cfg)
     if name == "image_folder":

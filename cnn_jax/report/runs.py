@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from cnn_jax import rundir
+from cnn_jax import files, rundir
 
 SPLITS = ("train", "val", "test")
 SEED_AXIS = "seed"
@@ -237,7 +237,8 @@ def protocol_mix(runs: Sequence[Run]) -> list[str]:
         by_value: dict[str, list[str]] = {}
         for r in runs:
             if r.config and key in r.config:
-                by_value.setdefault(repr(r.config[key]), []).append(r.name)
+                by_value.setdefault(repr(files.config_value(key, r.config[key])),
+                                    []).append(r.name)
         if len(by_value) > 1:
             parts = [f"{v} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
                      for v, names in by_value.items()]

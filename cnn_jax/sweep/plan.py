@@ -250,6 +250,15 @@ def display_command(flags: Sequence[str]) -> str:
     return shlex.join(["python", *ENTRY_POINT, *flags])
 
 
+def shown_argv(argv: Sequence[str]) -> str:
+    """`argv` as recorded in a point's status file and log: this interpreter written `python`,
+    so that records carry no path of the machine that ran them."""
+    argv = list(argv)
+    if argv and argv[0] == sys.executable:
+        argv[0] = "python"
+    return shlex.join(argv)
+
+
 def point_env(config_arg: str, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a point's process: `base` (default: this process's), with the
     experiment files importable (their root first on PYTHONPATH)."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import platform
 import re
-import shlex
 import signal
 import subprocess
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from cnn_jax import rundir, workdir_lock
+from cnn_jax.sweep import plan as plan_lib
 
 _ERROR_LINE = re.compile(r"(\b\w*(Error|Exception|Interrupt)\b)|^\s*(FATAL|F\d{4}|E\d{4})\b")
 
@@ -113,7 +113,7 @@ def run_point(argv: list[str], run_dir: Path, env: dict[str, str] | None,
     started = time.time()
     log_path = run_dir / rundir.LOG_FILE
     with open(log_path, "a") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n")
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {plan_lib.shown_argv(argv)}\n")
         log.flush()
         offset = log.tell()
         proc = children.start(argv, stdout=log, stderr=subprocess.STDOUT,
@@ -122,11 +122,11 @@ def run_point(argv: list[str], run_dir: Path, env: dict[str, str] | None,
             return {"status": "not started"}
         rundir.write_json(run_dir / rundir.STATUS_FILE, {
             "status": "running", "pid": proc.pid, "host": platform.node(), "started": started,
-            "command": shlex.join(argv)})
+            "command": plan_lib.shown_argv(argv)})
         returncode = children.finish(proc)
     wall = time.time() - started
     if returncode == 0 and rundir.is_finished(run_dir):
-        status = {"status": "finished", "wall_time_s": wall, "command": shlex.join(argv)}
+        status = {"status": "finished", "wall_time_s": wall, "command": plan_lib.shown_argv(argv)}
     else:
         with open(log_path) as log:
             log.seek(offset)
@@ -142,7 +142,7 @@ def run_point(argv: list[str], run_dir: Path, env: dict[str, str] | None,
                                         f"it could checkpoint ({line}); re-run the sweep to "
                                         f"resume it")
         status = {"status": state, "returncode": returncode, "error": line,
-                  "wall_time_s": wall, "command": shlex.join(argv), "log": str(log_path)}
+                  "wall_time_s": wall, "command": plan_lib.shown_argv(argv), "log": str(log_path)}
     rundir.write_json(run_dir / rundir.STATUS_FILE, status)
     return status
 

@@ -26,7 +26,6 @@ scripts and the jobs' own logs) go to `DIR/.submitit/`.
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import subprocess
 import time
@@ -208,7 +207,7 @@ def submit(todo: Sequence[str], commands: dict[str, list[str]], root: Path, para
     for name, job in jobs:
         rundir.write_json(root / name / rundir.STATUS_FILE, {
             "status": "submitted", "job_id": str(job.job_id),
-            "command": shlex.join([*plan_lib.launcher(), *commands[name]])})
+            "command": plan_lib.shown_argv([*plan_lib.launcher(), *commands[name]])})
         out[name] = job
     return out
 

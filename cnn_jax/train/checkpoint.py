@@ -91,7 +91,8 @@ def config_differences(stored: dict, current: dict, allowed: tuple[str, ...] = (
     model field on one side only that holds its model's default (as the launcher fills them,
     see cnn_jax/model_config.py) equals its absence.
     """
-    a, b = flatten_config(stored), flatten_config(current)
+    a, b = ({k: files.config_value(k, v) for k, v in flatten_config(c).items()}
+            for c in (stored, current))
     absent = "<absent>"
     keys = sorted((set(a) & set(b)) | {k for k in set(a) ^ set(b) if k.startswith("model.")})
     skip = set(RESUME_SAFE_FIELDS) | set(allowed)
