@@ -75,7 +75,7 @@ for m in resnet18 resnet50; do
 done
 
 "$PY" - "$LOG" "$START" <<'EOF'
-import json, sys, time
+import json, os, sys, time
 
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 ok = [r for r in rows if not r.get("failed")]
@@ -107,6 +107,8 @@ a, b = res.get("resnet20 train, resident batch"), res.get("resnet20 train, on-de
 if a and b:
     print(f"on-device pipeline: {b['train_img_per_s']:,.0f} img/s vs {a['train_img_per_s']:,.0f} on a "
           f"resident batch -> model share of the step {b['train_img_per_s'] / a['train_img_per_s']:.1%}")
+home = os.path.expanduser("~").rstrip("/") + "/"  # the log names no one machine's home
+shown = "~/" + sys.argv[1][len(home):] if sys.argv[1].startswith(home) and home != "/" else sys.argv[1]
 print(f"'vs cnn_jax' = cnn_jax img/s / this row's img/s; total {time.time() - float(sys.argv[2]):.0f} s; "
-      f"raw: {sys.argv[1]}")
+      f"raw: {shown}")
 EOF

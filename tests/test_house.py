@@ -1,10 +1,13 @@
 """House rules of the package (issue "House"): no import cycles, no library file over 500 lines,
-no test-tree names in the library, and a lock file that pins every declared dependency."""
+no test-tree names in the library, a lock file that pins every declared dependency, and no
+tracked file that names one machine's paths."""
 
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import import_cycles  # noqa: E402
@@ -65,3 +68,39 @@ def test_lock_pins_every_declared_dependency_exactly():
             pinned[name.lower().replace("_", "-")] = version
     assert declared and declared <= set(pinned), sorted(declared - set(pinned))
     assert "hypothesis" not in pinned
+
+
+# A home folder or this project's machines' roots, as an absolute path (not inside a URL).
+_MACHINE_PATH = re.compile(r"(?<![\w.:/~-])/(root|work|home/[^/\s]+|Users/[^/\s]+)/")
+
+
+def test_the_machine_path_pattern():
+    for text in ("from /work/main/.venv/lib", '"path": "/root/data/x"', "(/home/ada/runs)",
+                 "/Users/ada/data"):
+        assert _MACHINE_PATH.search(text), text
+    for text in ("~/data/cifar10-jpeg", "../shared/datasets", "https://example.org/work/x",
+                 "$OUT/results.jsonl", "/tmp/cnn_jax_compare.x/results.jsonl", "./.venv/lib"):
+        assert not _MACHINE_PATH.search(text), text
+
+
+def test_no_tracked_file_names_a_machine_path():
+    """Records, logs and docs write paths as `~`, an environment variable or relative to the
+    repository, so that they hold on another machine (binary files are not read)."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                                check=True).stdout.decode()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    found = []
+    for name in filter(None, listed.split("\0")):
+        if name == "tests/test_house.py":  # the pattern's own examples above
+            continue
+        path = ROOT / name
+        data = path.read_bytes() if path.is_file() else b""
+        if b"\0" in data[:8192]:
+            continue
+        for number, line in enumerate(data.decode(errors="replace").splitlines(), 1):
+            if _MACHINE_PATH.search(line):
+                found.append(f"{name}:{number}: {line.strip()[:80]}")
+                break
+    assert not found, found
