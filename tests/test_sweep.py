@@ -226,6 +226,7 @@ def test_failed_point_is_recorded_and_the_sweep_goes_on(tmp_path, fake_launch):
     # the record names the interpreter `python`, not this machine's path to it
     assert status["command"].startswith(f"python {fake_launch} ")
     assert sys.executable not in (workdir / "mode-fail" / sweep.STATUS_FILE).read_text()
+    assert status["log"] == sweep.LOG_FILE  # beside the status file, not a path of this machine
     assert "step 1 ok" in (workdir / "mode-fail" / sweep.LOG_FILE).read_text()
     for ok in ("mode-ok", "mode-fine"):
         assert sweep.is_finished(workdir / ok)

@@ -142,7 +142,8 @@ def run_point(argv: list[str], run_dir: Path, env: dict[str, str] | None,
                                         f"it could checkpoint ({line}); re-run the sweep to "
                                         f"resume it")
         status = {"status": state, "returncode": returncode, "error": line,
-                  "wall_time_s": wall, "command": plan_lib.shown_argv(argv), "log": str(log_path)}
+                  "wall_time_s": wall, "command": plan_lib.shown_argv(argv),
+                  "log": rundir.LOG_FILE}  # beside this file
     rundir.write_json(run_dir / rundir.STATUS_FILE, status)
     return status
 
