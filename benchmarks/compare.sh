@@ -34,8 +34,10 @@ LOG="$OUT/results.jsonl"
 : > "$LOG"
 
 if ! "$PY" -c "import torch" 2>/dev/null; then
+  # PyTorch's CPU wheel index first: PyPI's Linux wheel pulls in the CUDA libraries (gigabytes)
   echo "installing torch==2.13.0 (CPU) for the baseline" >&2
-  "$PY" -m pip install -q torch==2.13.0
+  "$PY" -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+    || "$PY" -m pip install -q torch==2.13.0
 fi
 
 if [ "${TINY:-0}" = "1" ]; then
