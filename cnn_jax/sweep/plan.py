@@ -247,7 +247,7 @@ def launcher() -> list[str]:
 
 def display_command(flags: Sequence[str]) -> str:
     """A point's command as printed (dry run, sweep.json): runnable from where the sweep ran."""
-    return shlex.join(["python", *ENTRY_POINT, *flags])
+    return shown_argv([*launcher(), *flags])
 
 
 def shown_argv(argv: Sequence[str]) -> str:
